@@ -1,0 +1,246 @@
+"""Contract suite: every bijection in the registry obeys the same laws."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from numpyro.distributions.transforms import ComposeTransform
+
+from numpyro_coupling import Coupling
+from registry import COUPLING_NAMES, REGISTRY, build
+
+NAMES = sorted(REGISTRY)
+# Worst tolerated round-trip error relative to (1 + |x|).
+ROUND_TRIP_TOL = {jnp.float32: 1e-5, jnp.float64: 1e-10}
+
+
+def _inputs(shape, dtype, scale=1.0, n=64, seed=1):
+    return (scale * jr.normal(jr.key(seed), (n, *shape))).astype(dtype)
+
+
+def _tol(name, dtype):
+    # A chain compounds each layer's rounding by the conditioning of the layers after it.
+    return ROUND_TRIP_TOL[dtype] * (10 if name == "chain" else 1)
+
+
+def _rel_err(a, b):
+    return float(jnp.max(jnp.abs(a - b) / (1.0 + jnp.abs(b))))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale", [1.0, 10.0], ids=["standardised", "10x-outside"])
+def test_round_trip(name, scale, dtype):
+    b = build(name, (4,), dtype)
+    x = _inputs((4,), dtype, scale)
+    z = b.transform(x)
+    assert z.dtype == dtype
+    assert _rel_err(b.inverse(z), x) <= _tol(name, dtype)
+    assert _rel_err(b.transform(b.inverse(x)), x) <= _tol(name, dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_log_det_matches_autodiff(name, dtype):
+    b = build(name, (5,), dtype)
+    tol = 1e-9 if dtype == jnp.float64 else 2e-4
+    for x in _inputs((5,), dtype, 1.5, n=4):
+        _, log_det = b.transform_and_log_det(x)
+        sign, expected = jnp.linalg.slogdet(jax.jacfwd(b.transform)(x))
+        assert sign != 0
+        np.testing.assert_allclose(log_det, expected, atol=tol, rtol=tol)
+        z = b.transform(x)
+        _, inv_log_det = b.inverse_and_log_det(z)
+        _, expected_inv = jnp.linalg.slogdet(jax.jacfwd(b.inverse)(z))
+        np.testing.assert_allclose(inv_log_det, expected_inv, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inverse_log_det_is_minus_forward(name, dtype):
+    b = build(name, (4,), dtype)
+    x = _inputs((4,), dtype, 2.0)
+    z, log_det = b.transform_and_log_det(x)
+    _, inv_log_det = b.inverse_and_log_det(z)
+    tol = 1e-10 if dtype == jnp.float64 else 1e-4
+    np.testing.assert_allclose(log_det + inv_log_det, 0.0, atol=tol)
+
+
+@pytest.mark.parametrize("name", COUPLING_NAMES)
+def test_passive_coordinates_bit_for_bit(name, dtype):
+    b = build(name, (5,), dtype)
+    x = _inputs((5,), dtype, 3.0)
+    passive = np.asarray(b.passive_idx)
+    assert np.array_equal(np.asarray(b.transform(x))[:, passive], np.asarray(x)[:, passive])
+    assert np.array_equal(np.asarray(b.inverse(x))[:, passive], np.asarray(x)[:, passive])
+
+
+@pytest.mark.parametrize("name", COUPLING_NAMES)
+def test_jacobian_block_triangular(name, x64):
+    b = build(name, (5,), jnp.float64)
+    x = _inputs((5,), jnp.float64, n=1)[0]
+    J = np.asarray(jax.jacfwd(b.transform)(x))
+    p, a = np.asarray(b.passive_idx), np.asarray(b.active_idx)
+    np.testing.assert_array_equal(J[np.ix_(p, p)], np.eye(len(p)))
+    np.testing.assert_array_equal(J[np.ix_(p, a)], 0.0)
+    active_block = J[np.ix_(a, a)]
+    np.testing.assert_array_equal(active_block - np.diag(np.diag(active_block)), 0.0)
+    assert np.all(np.diag(active_block) > 0)
+    if name != "additive":
+        assert np.abs(J[np.ix_(a, p)]).max() > 0  # the conditioner really conditions
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("batch", [(), (13,), (3, 4)])
+def test_batch_shapes(name, batch):
+    b = build(name, (4,))
+    x = jr.normal(jr.key(2), (*batch, 4))
+    z, log_det = b.transform_and_log_det(x)
+    assert z.shape == x.shape and log_det.shape == batch
+    xr, inv_log_det = b.inverse_and_log_det(z)
+    assert xr.shape == x.shape and inv_log_det.shape == batch
+    assert b.log_abs_det_jacobian(x, z).shape == batch
+    # Batched evaluation agrees with one-at-a-time evaluation.
+    flat = x.reshape(-1, 4)
+    one_by_one = jnp.stack([b.transform_and_log_det(v)[1] for v in flat[:3]])
+    np.testing.assert_allclose(log_det.reshape(-1)[:3], one_by_one, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_vmap_grad(name):
+    b = build(name, (4,))
+    x = jr.normal(jr.key(3), (7, 4))
+    ref_z, ref_ld = b.transform_and_log_det(x)
+
+    z, ld = jax.jit(lambda v: b.transform_and_log_det(v))(x)
+    np.testing.assert_allclose(z, ref_z, rtol=1e-5, atol=1e-5)
+    z, ld = jax.vmap(b.transform_and_log_det)(x)
+    np.testing.assert_allclose(ld, ref_ld, rtol=1e-5, atol=1e-5)
+    z, ld = eqx.filter_jit(lambda bij, v: bij.transform_and_log_det(v))(b, x)
+    np.testing.assert_allclose(ld, ref_ld, rtol=1e-5, atol=1e-5)
+    # The pytree passes through jax.jit as an argument too.
+    z = jax.jit(lambda bij, v: bij.inverse(v))(b, ref_z)
+    np.testing.assert_allclose(z, x, rtol=1e-4, atol=1e-4)
+
+    def loss(bij, v):
+        z, ld = bij.transform_and_log_det(v)
+        return jnp.mean(0.5 * jnp.sum(z**2, -1) - ld) + jnp.mean(bij.inverse(v) ** 2)
+
+    grads = eqx.filter_grad(loss)(b, x)
+    leaves = jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_inexact_array))
+    assert all(bool(jnp.isfinite(g).all()) for g in leaves)
+    gx = jax.grad(lambda v: loss(b, v))(x)
+    assert bool(jnp.isfinite(gx).all())
+    params, static = eqx.partition(b, eqx.is_inexact_array)
+    rebuilt = eqx.combine(params, static)
+    np.testing.assert_array_equal(rebuilt.transform(x), ref_z)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_numpyro_transform_api(name):
+    b = build(name, (4,))
+    x = jr.normal(jr.key(4), (6, 4))
+    y, inter = b.call_with_intermediates(x)
+    np.testing.assert_allclose(b(x), y, rtol=1e-6)
+    np.testing.assert_allclose(b.inv(y), b.inverse(y), rtol=1e-6)
+    np.testing.assert_allclose(
+        b.log_abs_det_jacobian(x, y, inter), b.log_abs_det_jacobian(x, y), rtol=1e-5, atol=1e-6
+    )
+    assert b.domain.event_dim == 1 and b.codomain.event_dim == 1
+    assert b.forward_shape((6, 4)) == (6, 4) and b.inverse_shape((6, 4)) == (6, 4)
+    composed = ComposeTransform([b, b.inv, b])
+    np.testing.assert_allclose(composed(x), y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(composed.log_abs_det_jacobian(x, composed(x)),
+                               b.log_abs_det_jacobian(x, y), rtol=1e-4, atol=1e-4)
+    params, _ = eqx.partition(composed, eqx.is_inexact_array)
+    assert jax.jit(lambda c, v: c(v))(composed, x).shape == x.shape
+    assert params is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_odd_dimension(name):
+    b = build(name, (7,))
+    x = jr.normal(jr.key(5), (9, 7))
+    assert _rel_err(b.inverse(b.transform(x)), x) < 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_event_shape_is_a_clear_error(name):
+    b = build(name, (4,))
+    with pytest.raises(ValueError, match="shape"):
+        b.transform(jnp.zeros((3, 5)))
+
+
+@pytest.mark.parametrize("cls_name", ["AffineCoupling", "AdditiveCoupling", "RQSplineCoupling",
+                                      "MixtureGaussianCDFCoupling"])
+def test_unsplittable_and_bad_masks(cls_name):
+    import numpyro_coupling as nc
+
+    cls = getattr(nc, cls_name)
+    with pytest.raises(ValueError, match="at least 2"):
+        cls(jr.key(0), shape=(1,))
+    with pytest.raises(ValueError, match="mask has shape"):
+        cls(jr.key(0), shape=(4,), mask=np.array([True, False, True]))
+    with pytest.raises(ValueError, match="at least one coordinate active"):
+        cls(jr.key(0), shape=(4,), mask=np.zeros(4, bool))
+
+
+def test_seed00_affine_coupling_on_four_dims(x64):
+    import numpyro_coupling as nc
+
+    coupling = nc.AffineCoupling(jr.key(0), shape=(4,), nn_width=32, nn_depth=2, zero_init=False)
+    x = jr.normal(jr.key(1), (4,))
+    z, log_det = coupling.transform_and_log_det(x)
+    assert [int(i) for i in np.flatnonzero(np.asarray(z) == np.asarray(x))] == [0, 1]
+    J = jax.jacfwd(coupling.transform)(x)
+    assert float(jnp.abs(jnp.triu(J, 1)).max()) == 0.0
+    np.testing.assert_allclose(log_det, jnp.linalg.slogdet(J)[1], atol=1e-14)
+    xb = jr.normal(jr.key(2), (2000, 4))
+    assert float(jnp.abs(coupling.inverse(coupling.transform(xb)) - xb).max()) < 1e-14
+
+
+def test_masks_flip_and_custom():
+    import numpyro_coupling as nc
+
+    default = nc.AffineCoupling(jr.key(0), shape=(2,))
+    assert default.passive_idx == (0,) and default.active_idx == (1,)
+    flipped = nc.AffineCoupling(jr.key(0), shape=(2,), flip=True)
+    assert flipped.passive_idx == (1,)
+    odd = nc.AffineCoupling(jr.key(0), shape=(5,))
+    assert odd.passive_idx == (0, 1) and odd.active_idx == (2, 3, 4)
+    custom = nc.AffineCoupling(jr.key(0), shape=(4,), mask=[True, False, True, False])
+    assert custom.active_idx == (0, 2)
+    assert custom.mask.tolist() == [True, False, True, False]
+
+
+def test_checkerboard_image_coupling():
+    import numpyro_coupling as nc
+
+    mask = nc.checkerboard_mask(4, 4, channels=2)
+    assert mask.shape == (4, 4, 2) and mask.sum() == 16
+    assert (nc.checkerboard_mask(4, 4) ^ nc.checkerboard_mask(4, 4, parity=1)).all()
+    layer = nc.RQSplineCoupling(jr.key(0), shape=(4, 4, 2), mask=mask, zero_init=False)
+    x = jr.normal(jr.key(1), (3, 4, 4, 2))
+    z, log_det = layer.transform_and_log_det(x)
+    assert z.shape == x.shape and log_det.shape == (3,)
+    assert layer.domain.event_dim == 3
+    np.testing.assert_array_equal(np.asarray(z)[:, ~mask], np.asarray(x)[:, ~mask])
+    np.testing.assert_allclose(layer.inverse(z), x, atol=1e-5)
+
+
+def test_zero_init_is_constant_transform():
+    import numpyro_coupling as nc
+
+    for cls in nc.COUPLINGS.values():
+        layer = cls(jr.key(0), shape=(4,))
+        assert float(jnp.abs(layer.conditioner.final_kernel).max()) == 0.0
+        x = jr.normal(jr.key(1), (5, 4))
+        shifted = x.at[:, :2].add(1.0)  # moving the passive half changes nothing
+        np.testing.assert_array_equal(layer.transform(x)[:, 2:], layer.transform(shifted)[:, 2:])
+    for cls in (nc.AffineCoupling, nc.AdditiveCoupling, nc.RQSplineCoupling):
+        x = jr.normal(jr.key(1), (5, 4))
+        np.testing.assert_allclose(cls(jr.key(0), shape=(4,)).transform(x), x, atol=1e-6)
+
+
+def test_isinstance_coupling():
+    for name in COUPLING_NAMES:
+        assert isinstance(build(name), Coupling)
