@@ -9,7 +9,7 @@ from .coupling import (
     MixtureGaussianCDFCoupling,
     RQSplineCoupling,
 )
-from .flows import COUPLINGS, CouplingFlow, coupling_flow, standard_normal
+from .flows import COUPLINGS, CouplingFlow, StandardNormal, coupling_flow, standard_normal
 from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute
 from .masks import alternating_mask, checkerboard_mask, half_mask
 from .transformers import Additive, Affine, MixtureGaussianCDF, RQSpline, Transformer
@@ -17,30 +17,31 @@ from .transformers import Additive, Affine, MixtureGaussianCDF, RQSpline, Transf
 __version__ = "0.1.0"
 
 __all__ = [
+    "COUPLINGS",
+    "MLP",
     "ActNorm1D",
     "Additive",
     "AdditiveCoupling",
     "Affine",
     "AffineCoupling",
     "Bijection",
-    "COUPLINGS",
     "Chain",
     "Coupling",
     "CouplingFlow",
     "Flip",
     "HouseholderRotation",
     "LULinear",
-    "MLP",
     "MixtureGaussianCDF",
     "MixtureGaussianCDFCoupling",
     "Permute",
     "RQSpline",
     "RQSplineCoupling",
+    "StandardNormal",
     "Transformer",
+    "__version__",
     "alternating_mask",
     "checkerboard_mask",
     "coupling_flow",
     "half_mask",
     "standard_normal",
-    "__version__",
 ]

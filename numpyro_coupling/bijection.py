@@ -96,7 +96,7 @@ class Bijection(Transform):
         """Raise a ``ValueError`` unless ``x`` ends in this bijection's event shape."""
         n = len(self.shape)
         got = tuple(jnp.shape(x))
-        if n and got[len(got) - n :] != tuple(self.shape) or len(got) < n:
+        if (n and got[len(got) - n :] != tuple(self.shape)) or len(got) < n:
             raise ValueError(
                 f"{type(self).__name__} acts on events of shape {tuple(self.shape)}, "
                 f"got an input of shape {got}"

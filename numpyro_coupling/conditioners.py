@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-__all__ = ["MLP", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "MLP"]
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,

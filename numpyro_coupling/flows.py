@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import jax.random as jr
 import numpyro.distributions as dist
 from numpyro.distributions import TransformedDistribution
 
-from .bijection import Bijection, Chain
+from .bijection import Bijection, Chain, event_constraint
 from .coupling import AdditiveCoupling, AffineCoupling, MixtureGaussianCDFCoupling, RQSplineCoupling
 from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute
 
-__all__ = ["CouplingFlow", "coupling_flow", "COUPLINGS", "PERMUTATIONS", "standard_normal"]
+__all__ = [
+    "COUPLINGS",
+    "PERMUTATIONS",
+    "CouplingFlow",
+    "StandardNormal",
+    "coupling_flow",
+    "standard_normal",
+]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 #: transformer name -> coupling class (the factory's ``transformer=`` choices).
 COUPLINGS = {
@@ -24,10 +35,58 @@ COUPLINGS = {
 PERMUTATIONS = ("flip", "random", "householder", "lu", "none")
 
 
-def standard_normal(shape, dtype=None):
-    """``N(0, I)`` over an event of ``shape``."""
-    dtype = dtype or jnp.zeros(()).dtype
-    return dist.Normal(jnp.zeros(shape, dtype), 1.0).to_event(len(shape))
+class StandardNormal(dist.Distribution):
+    """Parameter-free ``N(0, I)`` over an event of ``shape``.
+
+    Holding no arrays, it adds no leaves to a flow's pytree, so
+    ``eqx.partition(flow, eqx.is_inexact_array)`` yields exactly the trainable parameters.
+
+    Args:
+        shape: event shape.
+        dtype: dtype of samples (default: JAX's default float).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(StandardNormal((2,)).log_prob(jnp.zeros(2)))
+        -1.837877...
+    """
+
+    arg_constraints = {}
+    reparametrized_params = []
+    pytree_aux_fields = ("dtype",)
+
+    def __init__(self, shape, dtype=None, *, validate_args=None):
+        shape = tuple(int(s) for s in shape)
+        self.dtype = jnp.dtype(dtype or jnp.zeros(()).dtype).name
+        super().__init__(batch_shape=(), event_shape=shape, validate_args=validate_args)
+
+    @property
+    def has_rsample(self):
+        return True
+
+    @property
+    def support(self):
+        return event_constraint(len(self.event_shape))
+
+    def sample(self, key, sample_shape=()):
+        return jr.normal(key, tuple(sample_shape) + self.event_shape, self.dtype)
+
+    def log_prob(self, value):
+        axes = tuple(range(-len(self.event_shape), 0))
+        return jnp.sum(-0.5 * value**2 - _HALF_LOG_2PI, axes)
+
+    @property
+    def mean(self):
+        return jnp.zeros(self.event_shape, self.dtype)
+
+    @property
+    def variance(self):
+        return jnp.ones(self.event_shape, self.dtype)
+
+
+def standard_normal(shape, dtype=None) -> StandardNormal:
+    """``N(0, I)`` over an event of ``shape`` (the default base of every flow)."""
+    return StandardNormal(shape, dtype)
 
 
 class CouplingFlow(TransformedDistribution):

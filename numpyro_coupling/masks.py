@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["half_mask", "alternating_mask", "checkerboard_mask", "as_mask"]
+__all__ = ["alternating_mask", "as_mask", "checkerboard_mask", "half_mask"]
 
 
 def half_mask(shape, flip: bool = False) -> np.ndarray:

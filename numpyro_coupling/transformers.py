@@ -27,8 +27,8 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr, logsumexp, ndtri
 
 __all__ = [
-    "Affine",
     "Additive",
+    "Affine",
     "MixtureGaussianCDF",
     "RQSpline",
     "Transformer",

@@ -1,0 +1,122 @@
+"""Flows as NumPyro distributions: one-pass log_prob, sampling, pytree behaviour."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC, NUTS
+
+from numpyro_coupling import COUPLINGS, CouplingFlow, coupling_flow
+from numpyro_coupling.conditioners import MLP
+from numpyro_coupling.flows import PERMUTATIONS
+
+
+def _count_conditioner_calls(fn, *args):
+    """How many times ``fn`` evaluates a conditioner network (counted while tracing)."""
+    calls = []
+    original = MLP.__call__
+
+    def counting(self, x):
+        calls.append(1)
+        return original(self, x)
+
+    MLP.__call__ = counting
+    try:
+        jax.make_jaxpr(fn)(*args)
+    finally:
+        MLP.__call__ = original
+    return len(calls)
+
+
+@pytest.mark.parametrize("transformer", sorted(COUPLINGS))
+def test_log_prob_one_pass_equals_numpyro_two_pass(transformer):
+    flow = coupling_flow(
+        jr.key(0), (4,), transformer=transformer, n_layers=3, nn_width=8, zero_init=False
+    )
+    x = jr.normal(jr.key(1), (16, 4))
+    one, two = jax.jit(lambda f, v: (f.log_prob(v), f.log_prob_two_pass(v)))(flow, x)
+    np.testing.assert_allclose(one, two, rtol=1e-4, atol=1e-4)
+    assert _count_conditioner_calls(flow.log_prob, x) == 3
+    assert _count_conditioner_calls(flow.log_prob_two_pass, x) == 6
+
+
+@pytest.mark.parametrize("permutation", [p for p in PERMUTATIONS])
+def test_factory_permutations_and_sampling(permutation):
+    flow = coupling_flow(
+        jr.key(0), (3,), transformer="affine", n_layers=2, nn_width=8, permutation=permutation
+    )
+    samples = jax.jit(lambda f, k: f.sample(k, (5, 2)))(flow, jr.key(1))
+    assert samples.shape == (5, 2, 3)
+    lp = jax.jit(lambda f, v: f.log_prob(v))(flow, samples)
+    assert lp.shape == (5, 2) and bool(jnp.isfinite(lp).all())
+    assert flow.batch_shape == () and flow.event_shape == (3,)
+
+
+def test_zero_init_flow_is_standard_normal():
+    flow = coupling_flow(jr.key(0), (2,), transformer="spline", n_layers=4)
+    x = jr.normal(jr.key(1), (10, 2))
+    np.testing.assert_allclose(flow.log_prob(x), dist.Normal().log_prob(x).sum(-1), atol=1e-5)
+
+
+def test_reparameterised_sampling_gradients():
+    flow = coupling_flow(jr.key(0), (2,), transformer="affine", n_layers=2, nn_width=8)
+    assert flow.has_rsample
+
+    @eqx.filter_grad
+    def grad_mean(f):
+        return f.rsample(jr.key(2), (64,)).mean()
+
+    grads = jax.tree_util.tree_leaves(eqx.filter(grad_mean(flow), eqx.is_inexact_array))
+    assert any(float(jnp.abs(g).max()) > 0 for g in grads)
+
+
+def test_flow_is_a_pytree_of_trainable_leaves():
+    flow = coupling_flow(jr.key(0), (3,), transformer="spline", n_layers=2, nn_width=8)
+    params, static = eqx.partition(flow, eqx.is_inexact_array)
+    n_leaves = len(jax.tree_util.tree_leaves(params))
+    assert n_leaves == 2 * 6  # two conditioners of three dense layers (kernel + bias)
+    rebuilt = eqx.combine(params, static)
+    assert isinstance(rebuilt, CouplingFlow)
+    x = jnp.ones((2, 3))
+    np.testing.assert_array_equal(rebuilt.log_prob(x), flow.log_prob(x))
+    doubled = jax.tree_util.tree_map(lambda a: 2 * a, params)
+    assert isinstance(eqx.combine(doubled, static), CouplingFlow)
+
+
+def test_flow_as_observed_site_in_a_model():
+    flow = coupling_flow(
+        jr.key(0), (2,), transformer="affine", n_layers=2, nn_width=8, zero_init=False
+    )
+    X = jr.normal(jr.key(1), (20, 2))
+
+    def model():
+        numpyro.sample("x", flow, obs=X)
+
+    trace = numpyro.handlers.trace(model).get_trace()
+    np.testing.assert_allclose(trace["x"]["fn"].log_prob(X).sum(), flow.log_prob(X).sum())
+
+
+def test_flow_as_a_prior_under_nuts():
+    flow = coupling_flow(jr.key(0), (2,), transformer="spline", n_layers=2, nn_width=8)
+
+    def model():
+        numpyro.sample("theta", flow)
+
+    mcmc = MCMC(NUTS(model), num_warmup=50, num_samples=50, progress_bar=False)
+    mcmc.run(jr.key(3))
+    assert mcmc.get_samples()["theta"].shape == (50, 2)
+
+
+def test_factory_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="transformer"):
+        coupling_flow(jr.key(0), (2,), transformer="nope")
+    with pytest.raises(ValueError, match="permutation"):
+        coupling_flow(jr.key(0), (2,), permutation="nope")
+    with pytest.raises(ValueError, match="n_layers"):
+        coupling_flow(jr.key(0), (2,), n_layers=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        coupling_flow(jr.key(0), (1,))
