@@ -91,7 +91,7 @@ class Coupling(Bijection):
         return m.reshape(self.shape)
 
     def transformer_params(self, x_passive):
-        """Raw parameters ``(*batch, n_active, n_params)`` from ``x_passive: (*batch, n_passive)``."""
+        """Raw parameters ``(*batch, n_active, n_params)`` from ``(*batch, n_passive)`` inputs."""
         out = self.conditioner(x_passive)
         return out.reshape((*out.shape[:-1], len(self.active_idx), self.transformer.n_params))
 
