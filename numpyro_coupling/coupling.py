@@ -96,6 +96,7 @@ class Coupling(Bijection):
         return out.reshape((*out.shape[:-1], len(self.active_idx), self.transformer.n_params))
 
     def _apply(self, x, elementwise):
+        x = jnp.asarray(x)
         self.check_event(x)
         batch = self.batch_shape_of(x)
         flat = jnp.reshape(x, (*batch, -1))

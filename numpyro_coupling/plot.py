@@ -1,0 +1,759 @@
+"""Figures for coupling flows: densities, Gaussianised marginals, curves and diagnostics.
+
+Every function draws on the ``ax=`` it is given (or on a new figure), returns the
+``Axes`` it drew on (an array of ``Axes`` for multi-panel figures; ``.figure`` reaches
+the ``Figure``) and leaves matplotlib's global settings alone.
+
+Colour convention: data and "before" in blue, model output and "after" in orange, the
+``N(0, 1)`` reference as a dashed black line; in masks, passive (context) coordinates
+are blue and active (transformed) ones orange.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+
+__all__ = [
+    "final_kernel_magnitudes",
+    "layer_masks",
+    "plot_density",
+    "plot_kernel_magnitudes",
+    "plot_latent_marginals",
+    "plot_losses",
+    "plot_mask",
+    "plot_pairs",
+    "plot_tc_trace",
+]
+
+#: Colour cycle shared by every figure (colour-blind friendly Okabe-Ito hues).
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+PASSIVE_COLOR, ACTIVE_COLOR = PALETTE[0], PALETTE[1]
+_REFERENCE_KW = {"color": "black", "lw": 1.4, "ls": "--"}
+
+
+# --- shared helpers -----------------------------------------------------------------
+def _style(ax, grid: bool = True):
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if grid:
+        ax.grid(True, color="0.9", lw=0.8)
+        ax.set_axisbelow(True)
+    return ax
+
+
+def _axes(ax, figsize):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def _subsample(x: np.ndarray, max_points: int | None, seed: int = 0) -> np.ndarray:
+    if max_points is None or len(x) <= max_points:
+        return x
+    idx = np.random.default_rng(seed).choice(len(x), max_points, replace=False)
+    return x[np.sort(idx)]
+
+
+def _standard_normal_pdf(z):
+    return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+@eqx.filter_jit
+def _log_prob(flow, x):
+    return flow.log_prob(x)
+
+
+@eqx.filter_jit
+def _to_latent(flow, x):
+    if hasattr(flow, "to_latent"):
+        return flow.to_latent(x)
+    return flow.transform(x)
+
+
+def _as_named(values, labels, what: str) -> dict:
+    """Normalise "one array | dict label->array | sequence of arrays" to a dict."""
+    if isinstance(values, Mapping):
+        if labels is not None:
+            raise ValueError(f"pass labels only with a sequence of {what}, not with a dict")
+        return dict(values)
+    arr = values if isinstance(values, (list, tuple)) else [values]
+    if labels is None:
+        labels = [None] * len(arr) if len(arr) == 1 else [f"{what} {i}" for i in range(len(arr))]
+    elif isinstance(labels, str):
+        labels = [labels]
+    if len(labels) != len(arr):
+        raise ValueError(f"got {len(arr)} {what} but {len(labels)} labels")
+    return dict(zip(labels, arr))
+
+
+# --- densities ------------------------------------------------------------------------
+def plot_density(
+    flow,
+    data=None,
+    *,
+    ax=None,
+    bounds=None,
+    n_grid: int = 120,
+    levels: int = 16,
+    cmap: str = "viridis",
+    max_points: int | None = 2000,
+    title: str | None = None,
+    colorbar: bool = False,
+):
+    """Filled contours of a 2-D flow's density, with the data on top.
+
+    Args:
+        flow: anything with ``log_prob(x: (n, 2)) -> (n,)``, e.g. a
+            :class:`~numpyro_coupling.CouplingFlow` over ``(2,)`` events.
+        data: optional ``(n, 2)`` points drawn as small white dots.
+        ax: Axes to draw on (default: a new figure).
+        bounds: ``((x_min, x_max), (y_min, y_max))``; default: the data's range padded by
+            15%, or ``[-3, 3]`` on each axis without data.
+        n_grid: grid points per axis.
+        levels: number of contour levels.
+        cmap: colour map of the density.
+        max_points: draw at most this many data points (a fixed random subset).
+        title: Axes title.
+        colorbar: add a colour bar of the density values.
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: ``data`` is not ``(n, 2)``, or ``bounds`` is malformed.
+
+    Example:
+        >>> import jax.random as jr
+        >>> from numpyro_coupling import coupling_flow
+        >>> flow = coupling_flow(jr.key(0), (2,), transformer="affine", n_layers=2)
+        >>> ax = plot_density(flow, n_grid=20)
+        >>> [float(v) for v in ax.get_xlim()]
+        [-3.0, 3.0]
+    """
+    if data is not None:
+        data = np.asarray(data)
+        if data.ndim != 2 or data.shape[1] != 2:
+            raise ValueError(
+                f"plot_density draws 2-D densities; data must be (n, 2), got {data.shape}"
+            )
+    if bounds is None:
+        if data is None:
+            bounds = ((-3.0, 3.0), (-3.0, 3.0))
+        else:
+            lo, hi = data.min(0), data.max(0)
+            pad = 0.15 * (hi - lo)
+            bounds = tuple(zip(lo - pad, hi + pad))
+    bounds = np.asarray(bounds, dtype=float)
+    if bounds.shape != (2, 2):
+        raise ValueError(f"bounds must be ((x_min, x_max), (y_min, y_max)), got {bounds.tolist()}")
+    gx, gy = np.meshgrid(np.linspace(*bounds[0], n_grid), np.linspace(*bounds[1], n_grid))
+    grid = jnp.asarray(np.column_stack([gx.ravel(), gy.ravel()]), dtype=jnp.zeros(()).dtype)
+    density = np.exp(np.asarray(_log_prob(flow, grid), dtype=float)).reshape(gx.shape)
+    density = np.where(np.isfinite(density), density, 0.0)
+
+    ax = _axes(ax, (4.6, 4.2))
+    filled = ax.contourf(gx, gy, density, levels=levels, cmap=cmap)
+    if colorbar:
+        ax.figure.colorbar(filled, ax=ax, label="density", shrink=0.85)
+    if data is not None:
+        pts = _subsample(data, max_points)
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, color="white", alpha=0.35, linewidths=0)
+    ax.set(xlim=tuple(bounds[0].tolist()), ylim=tuple(bounds[1].tolist()))
+    ax.set(xlabel="$x_0$", ylabel="$x_1$")
+    ax.set_aspect("equal", adjustable="box")
+    if title is not None:
+        ax.set_title(title)
+    return _style(ax, grid=False)
+
+
+def plot_latent_marginals(
+    flow,
+    data,
+    *,
+    ax=None,
+    bins: int = 50,
+    max_dims: int = 6,
+    span: float = 4.0,
+):
+    """Histogram of each latent coordinate of ``flow.to_latent(data)`` against ``N(0, 1)``.
+
+    A flow that Gaussianises the data puts every panel on the dashed reference curve.
+    Each title reports the coordinate's mean and standard deviation.
+
+    Args:
+        flow: a flow with ``to_latent`` (or any bijection with ``transform``) from data
+            to latent space; ``None`` when ``data`` already are latent values.
+        data: ``(n, d)`` points in data space.
+        ax: one Axes per shown coordinate (a sequence, or a single Axes for ``d = 1``);
+            default: a new row of panels.
+        bins: histogram bins.
+        max_dims: show at most the first ``max_dims`` coordinates.
+        span: histograms and the reference cover ``[-span, span]``.
+
+    Returns:
+        An array of ``Axes``, one per shown coordinate.
+
+    Raises:
+        ValueError: ``data`` is not 2-D, or ``ax`` holds the wrong number of Axes.
+
+    Example:
+        >>> import numpy as np
+        >>> axes = plot_latent_marginals(None, np.random.default_rng(0).normal(size=(200, 3)))
+        >>> len(axes)
+        3
+    """
+    x = jnp.asarray(data)
+    if x.ndim != 2:
+        raise ValueError(f"data must be (n, d), got shape {tuple(x.shape)}")
+    z = np.asarray(x if flow is None else _to_latent(flow, x), dtype=float)
+    n_show = min(z.shape[1], max_dims)
+    if ax is None:
+        _, axes = plt.subplots(
+            1, n_show, figsize=(2.9 * n_show + 0.4, 2.8), sharey=True, layout="constrained"
+        )
+    else:
+        axes = ax
+    axes = np.atleast_1d(np.asarray(axes, dtype=object)).ravel()
+    if len(axes) != n_show:
+        raise ValueError(f"need {n_show} Axes (one per shown coordinate), got {len(axes)}")
+    grid = np.linspace(-span, span, 200)
+    for i, a in enumerate(axes):
+        zi = z[:, i]
+        a.hist(zi, bins=bins, range=(-span, span), density=True, color=PALETTE[0], alpha=0.75)
+        a.plot(grid, _standard_normal_pdf(grid), **_REFERENCE_KW, label="$\\mathcal{N}(0, 1)$")
+        mean = round(float(zi.mean()), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+        a.set_title(f"$z_{{{i}}}$: mean {mean:+.2f}, std {zi.std():.2f}", fontsize=10)
+        a.set_xlabel(f"$z_{{{i}}}$")
+        a.set_xlim(-span, span)
+        _style(a)
+    axes[0].set_ylabel("density")
+    axes[0].legend(fontsize=8, frameon=False, loc="upper left")
+    return axes
+
+
+# --- curves -----------------------------------------------------------------------------
+def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    # Trailing mean over the last `window` values (shorter at the start), NaN-free input.
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    idx = np.arange(1, len(y) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_losses(
+    losses,
+    *,
+    ax=None,
+    labels=None,
+    smooth: int | None = None,
+    log_scale: bool = False,
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    title: str | None = None,
+):
+    """Training-loss curves.
+
+    Args:
+        losses: one 1-D array, a sequence of 1-D arrays, or a dict ``label -> 1-D array``.
+        ax: Axes to draw on (default: a new figure).
+        labels: legend labels for a sequence of arrays (or one label for one array).
+        smooth: width of a trailing moving average; the raw curve is then drawn faint
+            behind the smoothed one. ``None`` or ``1`` draws the raw curve only.
+        log_scale: logarithmic y-axis (all losses must then be positive).
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+        title: Axes title.
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: a loss array is not 1-D, ``smooth < 1``, or labels do not match.
+
+    Example:
+        >>> ax = plot_losses({"affine": [3.0, 2.0, 1.5], "spline": [3.0, 1.8, 1.2]}, smooth=2)
+        >>> [t.get_text() for t in ax.get_legend().get_texts()]
+        ['affine', 'spline']
+    """
+    if smooth is not None and smooth < 1:
+        raise ValueError(f"smooth must be a window of >= 1 steps, got {smooth}")
+    curves = _as_named(losses, labels, "losses")
+    ax = _axes(ax, (5.6, 3.6))
+    for i, (label, y) in enumerate(curves.items()):
+        y = np.asarray(y, dtype=float)
+        if y.ndim != 1:
+            raise ValueError(f"each loss curve must be 1-D, got shape {y.shape} for {label!r}")
+        color = PALETTE[i % len(PALETTE)]
+        steps = np.arange(len(y))
+        if smooth is not None and smooth > 1:
+            ax.plot(steps, y, color=color, lw=0.8, alpha=0.25)
+            y = _moving_average(y, smooth)
+        ax.plot(steps, y, color=color, lw=1.8, label=label)
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if title is not None:
+        ax.set_title(title)
+    if any(label is not None for label in curves):
+        ax.legend(frameon=False)
+    return _style(ax)
+
+
+def plot_tc_trace(
+    trace,
+    *,
+    ax=None,
+    label: str | None = None,
+    start: int = 0,
+    xlabel: str = "RBIG layers applied",
+    ylabel: str = "total correlation (nats)",
+    title: str | None = None,
+):
+    """Total correlation left after each RBIG layer.
+
+    A Gaussianising sequence drives the curve to 0 (the dotted line): the coordinates
+    have become independent. ``RBIGFlow.tc_trace`` is exactly this input.
+
+    Args:
+        trace: 1-D array; ``trace[0]`` is the data's total correlation, ``trace[l]`` what
+            is left after ``l`` layers.
+        ax: Axes to draw on (default: a new figure).
+        label: legend label for this trace (lets several traces share one Axes).
+        start: number of layers applied at ``trace[0]`` (0 for the untransformed data).
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+        title: Axes title.
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: ``trace`` is not 1-D.
+
+    Example:
+        >>> ax = plot_tc_trace([0.9, 0.3, 0.05, 0.01])
+        >>> ax.get_xlabel()
+        'RBIG layers applied'
+    """
+    trace = np.asarray(trace, dtype=float)
+    if trace.ndim != 1:
+        raise ValueError(f"trace must be a 1-D array, got shape {trace.shape}")
+    ax = _axes(ax, (5.0, 3.4))
+    layers = np.arange(start, start + len(trace))
+    n_existing = len(ax.get_lines())
+    ax.axhline(0.0, color="0.4", lw=1.0, ls=":")
+    color = PALETTE[(n_existing // 2) % len(PALETTE)]
+    ax.plot(layers, trace, "o-", color=color, lw=1.8, ms=4, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if title is not None:
+        ax.set_title(title)
+    if label is not None:
+        ax.legend(frameon=False)
+    return _style(ax)
+
+
+# --- conditioner diagnostics ------------------------------------------------------------
+def _walk(obj):
+    """Yield the leaf bijections of a flow / Chain / NumPyro transform, data-to-latent order."""
+    if hasattr(obj, "conditioner"):
+        yield obj
+    elif hasattr(obj, "bijection"):  # CouplingFlow and similar wrappers
+        yield from _walk(obj.bijection)
+    elif hasattr(obj, "bijections"):  # Chain
+        for b in obj.bijections:
+            yield from _walk(b)
+    elif hasattr(obj, "parts"):  # numpyro ComposeTransform
+        for b in obj.parts:
+            yield from _walk(b)
+    elif hasattr(obj, "transforms"):  # a plain numpyro TransformedDistribution
+        for b in obj.transforms:
+            yield from _walk(b)
+    else:
+        yield obj
+
+
+def final_kernel_magnitudes(flow) -> np.ndarray:
+    """``max |W|`` of the final conditioner kernel of each coupling layer, in order.
+
+    Zero means the coupling's conditioner is switched off: the layer is a fixed
+    elementwise (diagonal) map, as under the zero-kernel warm start.
+
+    Args:
+        flow: a :class:`~numpyro_coupling.CouplingFlow`, a
+            :class:`~numpyro_coupling.Chain` or a single coupling layer.
+
+    Returns:
+        ``(n_couplings,)`` array.
+
+    Raises:
+        ValueError: the flow holds no coupling layer.
+
+    Example:
+        >>> import jax.random as jr
+        >>> from numpyro_coupling import coupling_flow
+        >>> final_kernel_magnitudes(coupling_flow(jr.key(0), (2,), n_layers=3)).tolist()
+        [0.0, 0.0, 0.0]
+    """
+    mags = []
+    for layer in _walk(flow):
+        cond = getattr(layer, "conditioner", None)
+        if cond is None:
+            continue
+        kernel = getattr(cond, "final_kernel", None)
+        if kernel is None:
+            kernel = cond.weights[-1]
+        mags.append(float(np.max(np.abs(np.asarray(kernel)))))
+    if not mags:
+        raise ValueError(
+            f"no coupling layer (an object with a .conditioner) in {type(flow).__name__}"
+        )
+    return np.asarray(mags)
+
+
+def plot_kernel_magnitudes(
+    flows,
+    *,
+    ax=None,
+    labels=None,
+    title: str | None = None,
+):
+    """Bars of ``max |final conditioner kernel|`` per coupling layer.
+
+    Comparing a flow before and after training shows which couplings switched their
+    conditioners on. Exact zeros (purely diagonal layers) are drawn as open circles.
+
+    Args:
+        flows: one flow, a sequence of flows, or a dict ``label -> flow``; each is walked
+            for coupling layers as in :func:`final_kernel_magnitudes`.
+        ax: Axes to draw on (default: a new figure).
+        labels: legend labels for a sequence of flows.
+        title: Axes title.
+
+    Returns:
+        The ``Axes``.
+
+    Example:
+        >>> import jax.random as jr
+        >>> from numpyro_coupling import coupling_flow
+        >>> flow = coupling_flow(jr.key(0), (2,), n_layers=2, zero_init=False)
+        >>> ax = plot_kernel_magnitudes({"random init": flow})
+        >>> len(ax.patches)
+        2
+    """
+    named = _as_named(flows, labels, "flows")
+    mags = {label: final_kernel_magnitudes(f) for label, f in named.items()}
+    ax = _axes(ax, (5.2, 3.4))
+    n_groups = max(len(m) for m in mags.values())
+    width = 0.8 / len(mags)
+    for i, (label, m) in enumerate(mags.items()):
+        offset = (i - (len(mags) - 1) / 2) * width
+        x, color = np.arange(len(m)) + offset, PALETTE[i % len(PALETTE)]
+        ax.bar(x, m, width, color=color, label=label)
+        # a zero-height bar is invisible: mark exact zeros (switched-off conditioners)
+        zero = m == 0
+        ax.scatter(
+            x[zero],
+            m[zero],
+            marker="o",
+            s=28,
+            facecolor="white",
+            edgecolor=color,
+            linewidths=1.5,
+            zorder=3,
+            clip_on=False,
+        )
+    ax.set_xticks(np.arange(n_groups))
+    ax.set(xlabel="coupling layer", ylabel="max |final kernel|")
+    if title is not None:
+        ax.set_title(title)
+    if any(label is not None for label in mags):
+        ax.legend(frameon=False)
+    return _style(ax)
+
+
+# --- masks ------------------------------------------------------------------------------
+def layer_masks(flow) -> tuple[np.ndarray, bool]:
+    """The active set of every coupling of a flow, one row per coupling.
+
+    Permutations between couplings (``Flip``, ``Permute``) are tracked, so each row is
+    indexed by the *data* coordinates. Layers that mix coordinates (rotations, LU) end
+    the tracking: rows are then indexed by each coupling's own input coordinates.
+
+    Args:
+        flow: a flow, a :class:`~numpyro_coupling.Chain`, or a coupling layer.
+
+    Returns:
+        ``(masks, in_data_coordinates)``: a boolean ``(n_couplings, d)`` array (``True``
+        = active) and whether the columns are data coordinates.
+
+    Raises:
+        ValueError: the flow holds no coupling layer.
+
+    Example:
+        >>> import jax.random as jr
+        >>> from numpyro_coupling import coupling_flow
+        >>> masks, tracked = layer_masks(coupling_flow(jr.key(0), (4,), n_layers=2))
+        >>> masks.astype(int).tolist(), tracked
+        ([[0, 0, 1, 1], [1, 1, 0, 0]], True)
+    """
+    from .linear import ActNorm1D, Permute
+
+    rows, origin, tracked = [], None, True
+    for layer in _walk(flow):
+        if hasattr(layer, "conditioner"):
+            mask = np.asarray(layer.mask).reshape(-1)
+            if origin is None:
+                origin = np.arange(mask.size)
+            row = np.zeros(mask.size, bool)
+            if tracked:
+                row[origin] = mask  # current coordinate i is data coordinate origin[i]
+            else:
+                row = mask
+            rows.append(row)
+        elif isinstance(layer, Permute):
+            if origin is None:
+                origin = np.arange(len(layer.permutation))
+            origin = origin[np.asarray(layer.permutation)]
+        elif not isinstance(layer, ActNorm1D):
+            tracked = False  # a mixing layer: data coordinates are no longer separable
+    if not rows:
+        raise ValueError(f"no coupling layer (an object with a .mask) in {type(flow).__name__}")
+    return np.stack(rows), tracked
+
+
+def plot_mask(mask, *, ax=None, title: str | None = None, legend: bool = True):
+    """Passive/active picture of a coupling mask.
+
+    Args:
+        mask: a boolean array (``True`` = active): 1-D for a vector event, 2-D for an
+            image event or for a stack of vector masks (rows = layers); a coupling layer
+            (its ``.mask``); or a whole flow, drawn as :func:`layer_masks` (rows =
+            coupling layers, columns = coordinates).
+        ax: Axes to draw on (default: a new figure).
+        title: Axes title.
+        legend: add the passive/active legend.
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: the mask has more than two dimensions (draw one channel at a time).
+
+    Example:
+        >>> from numpyro_coupling import checkerboard_mask
+        >>> ax = plot_mask(checkerboard_mask(4, 4))
+        >>> ax.images[0].get_array().shape
+        (4, 4)
+    """
+    xlabel, ylabel = "coordinate", None
+    if hasattr(mask, "bijection") or hasattr(mask, "bijections"):
+        mask, tracked = layer_masks(mask)
+        xlabel = "data coordinate" if tracked else "coupling input coordinate"
+        ylabel = "coupling layer"
+    elif hasattr(mask, "mask"):
+        mask = mask.mask
+    m = np.asarray(mask).astype(bool)
+    if m.ndim == 0 or m.ndim > 2:
+        raise ValueError(f"plot_mask draws 1-D or 2-D masks, got shape {m.shape}")
+    image = m.reshape(1, -1) if m.ndim == 1 else m
+    n_rows, n_cols = image.shape
+    if ax is None:
+        figsize = (min(0.45 * n_cols + 1.5, 9.0), min(0.45 * n_rows + 1.5, 7.0))
+        ax = _axes(None, (max(figsize[0], 3.0), max(figsize[1], 2.0)))
+    cmap = ListedColormap([PASSIVE_COLOR, ACTIVE_COLOR])
+    ax.imshow(image.astype(int), cmap=cmap, vmin=0, vmax=1, aspect="equal")
+    # white cell borders make single coordinates countable
+    ax.set_xticks(np.arange(-0.5, n_cols, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, n_rows, 1), minor=True)
+    ax.grid(which="minor", color="white", lw=1.5)
+    ax.tick_params(which="minor", length=0)
+    if n_cols <= 16:
+        ax.set_xticks(np.arange(n_cols))
+    if m.ndim == 1:
+        ax.set_yticks([])
+    elif n_rows <= 16:
+        ax.set_yticks(np.arange(n_rows))
+    if m.ndim == 2 and ylabel is None and n_rows > 1:
+        xlabel, ylabel = "column", "row"
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    if legend:
+        handles = [
+            Patch(color=PASSIVE_COLOR, label="passive (context)"),
+            Patch(color=ACTIVE_COLOR, label="active (transformed)"),
+        ]
+        ax.legend(
+            handles=handles,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            frameon=False,
+            fontsize=8,
+        )
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return ax
+
+
+# --- posterior samples -----------------------------------------------------------------
+def _columns(samples) -> dict[str, np.ndarray]:
+    """Flatten a dict of per-site draws, or an ``(n, d)`` array, to named 1-D columns."""
+    if isinstance(samples, Mapping):
+        cols = {}
+        for name, value in samples.items():
+            v = np.asarray(value, dtype=float)
+            if v.ndim == 1:
+                cols[name] = v
+                continue
+            flat = v.reshape(len(v), -1)
+            for j in range(flat.shape[1]):
+                cols[f"{name}[{j}]"] = flat[:, j]
+        return cols
+    v = np.asarray(samples, dtype=float)
+    if v.ndim != 2:
+        raise ValueError(
+            f"samples must be a dict of arrays or an (n, d) array, got shape {v.shape}"
+        )
+    return {f"$x_{{{j}}}$": v[:, j] for j in range(v.shape[1])}
+
+
+def _plot_range(columns, tail: float = 0.002):
+    """Axis range covering all but the outermost ``tail`` of every set, padded by 5%."""
+    lo = min(np.nanquantile(c, tail) for c in columns)
+    hi = max(np.nanquantile(c, 1 - tail) for c in columns)
+    pad = 0.05 * (hi - lo) or 0.5
+    return float(lo - pad), float(hi + pad)
+
+
+def plot_pairs(
+    samples_before,
+    samples_after=None,
+    *,
+    ax=None,
+    coords: Sequence | None = None,
+    max_coords: int = 4,
+    labels: Sequence[str] = ("before", "after"),
+    max_points: int | None = 1000,
+    bins: int = 40,
+):
+    """Corner plot of a handful of coordinates, overlaying two sets of draws.
+
+    Built for NeuTra: ``samples_before`` from plain NUTS and ``samples_after`` from NUTS
+    on the flow-reparameterised model (or draws in the data space against draws in the
+    latent space). Lower panels scatter pairs of coordinates, the diagonal shows the
+    marginal histograms; each axis spans all but the outermost 0.2% of the draws.
+
+    Args:
+        samples_before: a dict ``site -> (n, ...)`` array (as ``mcmc.get_samples()``) or
+            an ``(n, d)`` array.
+        samples_after: optional second set, in the same format and with the same names.
+        ax: a ``(k, k)`` array of Axes for ``k`` coordinates, or a single Axes, which
+            then shows the scatter of the first two coordinates only.
+        coords: names (dict input; vector sites are named ``"site[i]"``) or column
+            indices (array input) of the coordinates to show; default: the first
+            ``max_coords``.
+        max_coords: number of coordinates shown when ``coords`` is not given.
+        labels: legend labels of the two sets.
+        max_points: scatter at most this many draws per set (a fixed random subset).
+        bins: bins of the diagonal histograms.
+
+    Returns:
+        The ``(k, k)`` array of ``Axes`` (upper triangle hidden), or the single ``Axes``.
+
+    Raises:
+        ValueError: unknown coordinates, fewer than two coordinates, or a wrong ``ax``.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> axes = plot_pairs(rng.normal(size=(100, 3)), rng.normal(size=(100, 3)))
+        >>> axes.shape
+        (3, 3)
+    """
+    sets = [_columns(samples_before)]
+    if samples_after is not None:
+        sets.append(_columns(samples_after))
+    names = list(sets[0])
+    if coords is None:
+        chosen = names[:max_coords]
+    else:
+        chosen = [names[c] if isinstance(c, (int, np.integer)) else c for c in coords]
+    missing = [c for c in chosen if any(c not in s for s in sets)]
+    if missing:
+        raise ValueError(f"coordinates {missing} not in every sample set; available: {names}")
+    if len(chosen) < 2:
+        raise ValueError(f"a pair plot needs at least two coordinates, got {chosen}")
+    colors = [PALETTE[0], PALETTE[1]]
+    draws = [{c: _subsample(s[c], max_points) for c in chosen} for s in sets]
+
+    if ax is not None and not isinstance(ax, (np.ndarray, list, tuple)):
+        cx, cy = chosen[:2]
+        for i, d in enumerate(draws):
+            ax.scatter(d[cx], d[cy], s=4, alpha=0.4, color=colors[i], label=labels[i], lw=0)
+        ax.set(xlabel=cx, ylabel=cy)
+        if len(draws) > 1:
+            ax.legend(frameon=False, markerscale=3)
+        return _style(ax)
+
+    limits = {c: _plot_range([s[c] for s in sets]) for c in chosen}
+    k = len(chosen)
+    if ax is None:
+        _, axes = plt.subplots(k, k, figsize=(2.3 * k + 0.5, 2.3 * k), layout="constrained")
+    else:
+        axes = np.asarray(ax, dtype=object)
+        if axes.shape != (k, k):
+            raise ValueError(
+                f"need a ({k}, {k}) array of Axes for {k} coordinates, got {axes.shape}"
+            )
+    for r in range(k):
+        for c in range(k):
+            a = axes[r, c]
+            if c > r:
+                a.set_visible(False)
+                continue
+            if r == c:
+                edges = np.linspace(*limits[chosen[r]], bins + 1)
+                for i, s in enumerate(sets):
+                    a.hist(
+                        s[chosen[r]],
+                        bins=edges,
+                        density=True,
+                        histtype="step",
+                        lw=1.5,
+                        color=colors[i],
+                    )
+                a.set_yticks([])
+            else:
+                for i, d in enumerate(draws):
+                    a.scatter(d[chosen[c]], d[chosen[r]], s=3, alpha=0.35, color=colors[i], lw=0)
+            _style(a, grid=False)
+            if r == k - 1:
+                a.set_xlabel(chosen[c])
+            else:
+                a.tick_params(labelbottom=False)
+            if c == 0 and r > 0:
+                a.set_ylabel(chosen[r])
+            elif c > 0:
+                a.tick_params(labelleft=False)
+    # one range per coordinate, shared by its column and its row, so panels line up
+    for j, name in enumerate(chosen):
+        lo, hi = limits[name]
+        for r in range(j, k):
+            axes[r, j].set_xlim(lo, hi)
+        for c in range(j):
+            axes[j, c].set_ylim(lo, hi)
+    if len(sets) > 1:
+        handles = [Patch(color=colors[i], label=labels[i]) for i in range(len(sets))]
+        axes[0, 0].figure.legend(handles=handles, loc="upper right", frameon=False)
+    return axes
