@@ -62,6 +62,14 @@ REGISTRY = {
     "lu": lambda key, shape, dtype: nc.LULinear(shape, key=key, dtype=dtype),
     "actnorm": lambda key, shape, dtype: nc.ActNorm1D(shape, dtype=dtype),
     "chain": _chain,
+    "rbig_rotation": lambda key, shape, dtype: nc.Rotation(
+        jnp.linalg.qr(jr.normal(key, (shape[0], shape[0])))[0]
+    ),
+    "rbig_layers": lambda key, shape, dtype: nc.RBIGLayers(
+        jnp.linalg.qr(jr.normal(key, (2, shape[0], shape[0])))[0],
+        jnp.broadcast_to(nc.MixtureGaussianCDF(3).constant_params(dtype), (2, shape[0], 9)),
+        nc.MixtureGaussianCDF(3),
+    ),
 }
 
 

@@ -1,0 +1,349 @@
+"""NeuTra benchmark: plain NUTS, NumPyro's flow guides and AutoCouplingFlow, side by side.
+
+Protocol (one process, same budget for every method): SVI with ``Trace_ELBO`` and Adam
+(3e-3) for ``--svi-steps`` steps (10,000), then ``NeuTraReparam`` + NUTS, 1000 warmup +
+1000 draws, one chain. Reported per target and method:
+
+* SVI loss: a 20,000-particle estimate of the negative ELBO at the final parameters
+  (on the normalised funnel it is ``KL(q || p)`` in nats);
+* SVI wall time (compilation included) and time per step;
+* min ESS: the minimum bulk ESS (ArviZ) over every unconstrained latent coordinate;
+* ESS per gradient: min ESS over the leapfrog steps after warmup;
+* divergences after warmup, MCMC wall time and ESS per second;
+* dual moon: the fraction of draws in the right-hand mode and the number of mode switches.
+
+The warm-started guide first runs a pilot plain-NUTS chain (``--pilot`` draws); its cost
+is reported in its own column. A second table gives the SVI step time against the latent
+dimension (10, 100, 1000) for AutoCouplingFlow and AutoIAFNormal.
+
+Run ``python benchmarks/neutra.py`` (all of it takes long), or subsets:
+``--targets funnel --methods nuts,iaf,ours-affine``; ``--quick`` for a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
+
+from numpyro_coupling.demo import format_table
+from numpyro_coupling.infer import (
+    AutoCouplingFlow,
+    fit_guide,
+    neutra_nuts,
+    nuts_mcmc,
+    sampling_efficiency,
+)
+from numpyro_coupling.targets import TARGETS
+
+RESULTS = Path(__file__).parent / "results" / "neutra.md"
+
+
+# --------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------
+
+
+def _ours(**kw):
+    return lambda model, pilot: AutoCouplingFlow(model, **kw)
+
+
+def _warm(**kw):
+    return lambda model, pilot: AutoCouplingFlow(model, warm_start=pilot, **kw)
+
+
+METHODS = {
+    "nuts": ("plain NUTS", None),
+    "iaf": ("AutoIAFNormal (2 flows, hidden [D,D])", lambda m, p: AutoIAFNormal(m, num_flows=2)),
+    "iaf32": (
+        "AutoIAFNormal (2 flows, hidden [32,32])",
+        lambda m, p: AutoIAFNormal(m, num_flows=2, hidden_dims=[32, 32]),
+    ),
+    "bnaf": ("AutoBNAFNormal (hidden factors [8,8])", lambda m, p: AutoBNAFNormal(m)),
+    "ours-spline": ("AutoCouplingFlow spline", _ours(transformer="spline")),
+    "ours-affine": ("AutoCouplingFlow affine", _ours(transformer="affine")),
+    "ours-additive": ("AutoCouplingFlow additive", _ours(transformer="additive")),
+    "ours-mixture": ("AutoCouplingFlow mixture", _ours(transformer="mixture")),
+    "ours-warm": ("AutoCouplingFlow mixture, RBIG warm start", _warm()),
+}
+DEFAULT_METHODS = list(METHODS)
+
+
+def _n_params(params) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def _mode_stats(idata):
+    x0 = idata.posterior["x"].values[0, :, 0]
+    side = x0 > 0
+    return float(side.mean()), int(np.sum(side[1:] != side[:-1]))
+
+
+def run_method(target, method, args, pilot, key):
+    """One row of the table: fit (if a guide), sample, measure."""
+    model = TARGETS[target]
+    label, make_guide = METHODS[method]
+    row = {"target": target, "method": label}
+    k_svi, k_mcmc, k_loss = jr.split(key, 3)
+    mcmc_kw = {
+        "num_warmup": args.num_warmup,
+        "num_samples": args.num_samples,
+        "progress_bar": args.progress,
+    }
+    if make_guide is None:
+        _, idata = nuts_mcmc(model, key=k_mcmc, **mcmc_kw)
+    else:
+        if method == "ours-warm":
+            row["pilot_seconds"] = pilot["seconds"]
+        start = time.perf_counter()
+        guide = make_guide(model, pilot["draws"] if pilot else None)
+        guide, params, _, last = fit_guide(
+            model,
+            guide=guide,
+            svi_steps=args.svi_steps,
+            learning_rate=args.learning_rate,
+            average=args.average,
+            key=k_svi,
+            progress_bar=args.progress,
+            return_last=True,
+        )
+        row["svi_seconds"] = time.perf_counter() - start
+        svi = SVI(model, guide, numpyro.optim.Adam(args.learning_rate), Trace_ELBO())
+        row["svi_ms_per_step"] = 1e3 * _step_seconds(svi, svi.init(k_svi))
+        row["n_params"] = _n_params(params)
+        elbo = Trace_ELBO(num_particles=args.loss_particles)
+        row["svi_loss"] = float(elbo.loss(k_loss, params, model, guide))
+        row["svi_loss_last"] = float(elbo.loss(k_loss, last, model, guide))
+        _, idata = neutra_nuts(model, guide, params, key=k_mcmc, **mcmc_kw)
+    row |= sampling_efficiency(idata)
+    if target == "dualmoon":
+        row["right_mode"], row["mode_switches"] = _mode_stats(idata)
+    return row
+
+
+def _step_seconds(svi, state, n=200):
+    """Median-of-5 time of one compiled SVI step (compilation excluded)."""
+    update = jax.jit(svi.update)
+    state, loss = update(state)
+    jax.block_until_ready(loss)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(n // 5):
+            state, loss = update(state)
+        jax.block_until_ready(loss)
+        times.append((time.perf_counter() - start) / (n // 5))
+    return float(np.median(times))
+
+
+def pilot_draws(target, args, key):
+    """A short plain-NUTS run whose draws warm-start the RBIG guide."""
+    start = time.perf_counter()
+    _, idata = nuts_mcmc(
+        TARGETS[target],
+        num_warmup=args.pilot,
+        num_samples=args.pilot,
+        key=key,
+        progress_bar=args.progress,
+    )
+    draws = {k: idata.posterior[k].values[0] for k in idata.posterior.data_vars}
+    return {"draws": draws, "seconds": time.perf_counter() - start}
+
+
+# --------------------------------------------------------------------------------------
+# SVI step time against the latent dimension
+# --------------------------------------------------------------------------------------
+
+
+def _gaussian_model(dim):
+    def model():
+        numpyro.sample("x", dist.Normal(jnp.zeros(dim), 1.0).to_event(1))
+
+    return model
+
+
+def scaling_rows(dims, n_steps):
+    rows = []
+    for dim in dims:
+        model = _gaussian_model(dim)
+        iaf = AutoIAFNormal(model, num_flows=2)
+        guides = {
+            "AutoIAFNormal (2 flows, hidden [D,D])": iaf,
+            "AutoCouplingFlow affine (default)": AutoCouplingFlow(model, transformer="affine"),
+            "AutoCouplingFlow spline (default)": AutoCouplingFlow(model, transformer="spline"),
+        }
+        # A coupling guide with as many parameters as the IAF guide.
+        iaf_svi = SVI(model, iaf, numpyro.optim.Adam(1e-3), Trace_ELBO())
+        iaf_params = _n_params(iaf_svi.get_params(iaf_svi.init(jr.key(0))))
+        width = _matching_width(model, iaf_params)
+        guides[f"AutoCouplingFlow affine (width {width}: IAF's parameter count)"] = (
+            AutoCouplingFlow(model, transformer="affine", nn_width=width)
+        )
+        for name, guide in guides.items():
+            svi = SVI(model, guide, numpyro.optim.Adam(3e-3), Trace_ELBO())
+            state = svi.init(jr.key(0))
+            rows.append(
+                {
+                    "dim": dim,
+                    "guide": name,
+                    "n_params": _n_params(svi.get_params(state)),
+                    "ms_per_step": 1e3 * _step_seconds(svi, state, n_steps),
+                }
+            )
+    return rows
+
+
+def _matching_width(model, target_params):
+    best, best_gap = 1, np.inf
+    for width in (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+        svi = SVI(model, AutoCouplingFlow(model, transformer="affine", nn_width=width),
+                  numpyro.optim.Adam(1e-3), Trace_ELBO())  # fmt: skip
+        n = _n_params(svi.get_params(svi.init(jr.key(0))))
+        gap = abs(np.log(n / target_params))
+        if gap < best_gap:
+            best, best_gap = width, gap
+    return best
+
+
+# --------------------------------------------------------------------------------------
+
+
+COLUMNS = [
+    ("target", "target", "{}"),
+    ("method", "method", "{}"),
+    ("svi_loss", "SVI loss", "{:.3f}"),
+    ("svi_loss_last", "last iterate", "{:.3f}"),
+    ("svi_seconds", "SVI s", "{:.0f}"),
+    ("svi_ms_per_step", "ms/step", "{:.2f}"),
+    ("n_params", "params", "{:d}"),
+    ("pilot_seconds", "pilot s", "{:.0f}"),
+    ("min_ess", "min ESS", "{:.0f}"),
+    ("ess_per_grad", "ESS/grad", "{:.4f}"),
+    ("divergences", "div.", "{:d}"),
+    ("seconds", "MCMC s", "{:.0f}"),
+    ("ess_per_second", "ESS/s", "{:.1f}"),
+    ("right_mode", "x0>0", "{:.2f}"),
+    ("mode_switches", "switches", "{:d}"),
+]
+SCALING_COLUMNS = [
+    ("dim", "latent dim", "{:d}"),
+    ("guide", "guide", "{}"),
+    ("n_params", "params", "{:d}"),
+    ("ms_per_step", "ms / SVI step", "{:.2f}"),
+]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="funnel,dualmoon,eightschools")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--svi-steps", type=int, default=10_000)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument(
+        "--average",
+        type=float,
+        default=0.1,
+        help="parameter averaging of fit_guide for every guide (0: last iterate)",
+    )
+    parser.add_argument("--num-warmup", type=int, default=1000)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--pilot", type=int, default=500, help="pilot NUTS warmup = draws")
+    parser.add_argument("--loss-particles", type=int, default=20_000)
+    parser.add_argument("--scaling-dims", default="10,100,1000", help="'' to skip")
+    parser.add_argument("--scaling-steps", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test)")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--out", default=str(RESULTS), help="markdown file to write")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget earlier rows (by default rows of earlier runs, kept next to --out as "
+        "JSON, are merged with this run's, so subsets can be run one at a time)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.svi_steps, args.num_warmup, args.num_samples = 100, 50, 50
+        args.pilot, args.loss_particles, args.scaling_steps = 50, 500, 10
+        args.scaling_dims = "10"
+    targets = [t for t in args.targets.split(",") if t]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(targets) - set(TARGETS)) + sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown targets/methods {unknown}; known: {list(TARGETS)}, {list(METHODS)}")
+
+    out = Path(args.out)
+    store = out.with_suffix(".json")
+    saved = {} if args.fresh or not store.exists() else json.loads(store.read_text())
+    saved.setdefault("rows", {})
+    saved.setdefault("scaling", {})
+    rows = []
+    for t_index, target in enumerate(targets):
+        key = jr.fold_in(jr.key(args.seed), t_index)
+        pilot = pilot_draws(target, args, jr.fold_in(key, 999)) if "ours-warm" in methods else None
+        for m_index, method in enumerate(methods):
+            row = run_method(target, method, args, pilot, jr.fold_in(key, m_index))
+            rows.append(row)
+            saved["rows"][f"{target}|{method}"] = row | {"command": " ".join(argv or [])}
+            print(format_table([row], COLUMNS).splitlines()[-1], flush=True)
+
+    scaling = []
+    dims = [int(d) for d in args.scaling_dims.split(",") if d]
+    if dims:
+        scaling = scaling_rows(dims, args.scaling_steps)
+        print(format_table(scaling, SCALING_COLUMNS), flush=True)
+        for r in scaling:
+            saved["scaling"][f"{r['dim']}|{r['guide']}"] = r
+    order = {m: i for i, m in enumerate(METHODS)}
+    t_order = {t: i for i, t in enumerate(TARGETS)}
+    all_rows = sorted(
+        saved["rows"].items(),
+        key=lambda kv: (t_order[kv[0].split("|")[0]], order[kv[0].split("|")[1]]),
+    )
+    all_scaling = sorted(saved["scaling"].values(), key=lambda r: (r["dim"], r["guide"]))
+
+    text = [
+        "# NeuTra benchmark",
+        "",
+        "Rows may come from separate runs of subsets (`--targets`, `--methods`); every run "
+        "used the settings below unless its command says otherwise:",
+        "",
+        *sorted({f"- `python benchmarks/neutra.py {r.get('command', '')}`" for _, r in all_rows}),
+        "",
+        f"Machine: {platform.machine()}, {jax.device_count()} JAX device(s) "
+        f"({jax.devices()[0].platform}), jax {jax.__version__}, numpyro {numpyro.__version__}. "
+        f"SVI {args.svi_steps} steps (Adam {args.learning_rate}, Trace_ELBO); NUTS "
+        f"{args.num_warmup} warmup + {args.num_samples} draws, one chain. SVI loss: "
+        f"{args.loss_particles}-particle estimate of the negative ELBO (funnel: KL in nats).",
+        "",
+        format_table([r for _, r in all_rows], COLUMNS),
+    ]
+    if all_scaling:
+        text += [
+            "",
+            "## SVI step time against the latent dimension",
+            "",
+            "Median of 5 timings of the compiled SVI step (compilation excluded), model "
+            "`x ~ N(0, I_D)`.",
+            "",
+            format_table(all_scaling, SCALING_COLUMNS),
+        ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text) + "\n")
+    store.write_text(json.dumps(saved, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""NeuTra on Neal's funnel: plain NUTS against NUTS warped by an ``AutoCouplingFlow``.
+
+Run ``python -m numpyro_coupling.demo`` (or the console script ``numpyro-coupling-demo``).
+The default run fits the guide by SVI, samples with both samplers, prints a side-by-side
+table (ESS, ESS per gradient, divergences, time) and writes ``neutra_funnel.png`` to
+``--out``. ``--quick`` is a smoke test with tiny budgets.
+
+The helpers :func:`compare_samplers`, :func:`format_table` and :func:`plot_comparison`
+are shared by the scripts in ``examples/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from .infer import AutoCouplingFlow, fit_guide, neutra_nuts, nuts_mcmc, sampling_efficiency
+from .targets import funnel, funnel_draws
+
+__all__ = [
+    "add_budget_arguments",
+    "budgets",
+    "compare_samplers",
+    "format_table",
+    "main",
+    "plot_comparison",
+]
+
+
+def compare_samplers(
+    model,
+    *args,
+    guide_kwargs: dict | None = None,
+    svi_steps: int = 5000,
+    learning_rate: float = 3e-3,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    seed: int = 0,
+    progress_bar: bool = True,
+    **model_kwargs,
+) -> dict:
+    """Plain NUTS and NeuTra (``AutoCouplingFlow`` + NUTS) on one model, same budget.
+
+    Args:
+        model: the NumPyro model.
+        *args: model arguments.
+        guide_kwargs: :class:`~numpyro_coupling.infer.AutoCouplingFlow` options.
+        svi_steps: SVI steps (Adam, ``Trace_ELBO``).
+        learning_rate: Adam step size.
+        num_warmup: NUTS warmup iterations (both samplers).
+        num_samples: NUTS draws (both samplers).
+        seed: base seed.
+        progress_bar: show progress bars.
+        **model_kwargs: model keyword arguments.
+
+    Returns:
+        dict with ``"rows"`` (one dict per sampler: ``method``, ``svi_loss``,
+        ``svi_seconds`` and the fields of
+        :func:`~numpyro_coupling.infer.sampling_efficiency`), ``"nuts"`` and
+        ``"neutra"`` (``(mcmc, idata)`` pairs), ``"guide"``, ``"params"`` and
+        ``"losses"``.
+    """
+    key_svi, key_nuts, key_neutra = jr.split(jr.key(seed), 3)
+    nuts = nuts_mcmc(
+        model,
+        *args,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        key=key_nuts,
+        progress_bar=progress_bar,
+        **model_kwargs,
+    )
+    start = time.perf_counter()
+    guide, params, losses = fit_guide(
+        model,
+        *args,
+        guide=AutoCouplingFlow(model, **(guide_kwargs or {})),
+        svi_steps=svi_steps,
+        learning_rate=learning_rate,
+        key=key_svi,
+        progress_bar=progress_bar,
+        **model_kwargs,
+    )
+    svi_seconds = time.perf_counter() - start
+    neutra = neutra_nuts(
+        model,
+        guide,
+        params,
+        *args,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        key=key_neutra,
+        progress_bar=progress_bar,
+        losses=losses,
+        **model_kwargs,
+    )
+    tail = losses[-max(len(losses) // 10, 1) :]
+    rows = [
+        {"method": "NUTS", "svi_loss": np.nan, "svi_seconds": 0.0} | sampling_efficiency(nuts[1]),
+        {
+            "method": "NeuTra + AutoCouplingFlow",
+            "svi_loss": float(np.mean(tail)),
+            "svi_seconds": svi_seconds,
+        }
+        | sampling_efficiency(neutra[1]),
+    ]
+    return {
+        "rows": rows,
+        "nuts": nuts,
+        "neutra": neutra,
+        "guide": guide,
+        "params": params,
+        "losses": losses,
+    }
+
+
+_COLUMNS = (
+    ("method", "method", "{}"),
+    ("svi_loss", "SVI loss", "{:.3f}"),
+    ("svi_seconds", "SVI s", "{:.1f}"),
+    ("min_ess", "min ESS", "{:.0f}"),
+    ("n_grads", "gradients", "{:d}"),
+    ("ess_per_grad", "ESS/grad", "{:.4f}"),
+    ("divergences", "divergences", "{:d}"),
+    ("seconds", "MCMC s", "{:.1f}"),
+    ("ess_per_second", "ESS/s", "{:.1f}"),
+)
+
+
+def format_table(rows, columns=_COLUMNS) -> str:
+    """A markdown table of result rows (missing or NaN entries print as ``-``).
+
+    Example:
+        >>> print(format_table([{"method": "NUTS", "min_ess": 12.3}],
+        ...                    [("method", "method", "{}"), ("min_ess", "min ESS", "{:.0f}")]))
+        | method | min ESS |
+        |---|---|
+        | NUTS | 12 |
+    """
+    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    lines = [head, "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key)
+            missing = value is None or (isinstance(value, float) and not np.isfinite(value))
+            cells.append("-" if missing else fmt.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(
+    result: dict,
+    *,
+    coords,
+    title: str,
+    reference=None,
+    latent_coords=(0, 1),
+    limits=None,
+    log_density=None,
+    log_y: bool = False,
+):
+    """Three panels: posterior pairs (NUTS vs NeuTra), the warped latent space, SVI loss.
+
+    Args:
+        result: the output of :func:`compare_samplers`.
+        coords: two ``(site, index)`` pairs (index ``None`` for scalar sites) for the
+            posterior panel's x and y axes.
+        title: figure title.
+        reference: optional ``(n, 2)`` exact draws drawn faintly behind the panel.
+        latent_coords: the two warped-latent coordinates to show.
+        limits: optional ``((xmin, xmax), (ymin, ymax))`` of the posterior panel.
+        log_density: optional ``f((n, 2)) -> (n,)`` drawn as contours behind the draws
+            (needs ``limits``).
+        log_y: logarithmic y-axis on the posterior panel (a scale parameter).
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plot as ncplot
+
+    def column(idata, site, index):
+        v = np.asarray(idata.posterior[site].values)
+        v = v.reshape(-1, *v.shape[2:])
+        return v if index is None else v[:, index]
+
+    def label(site, index):
+        return site if index is None else f"{site}[{index}]"
+
+    fig, axes = plt.subplots(1, 3, figsize=(14.5, 4.3), layout="constrained")
+    ax = axes[0]
+    if log_density is not None and limits is not None:
+        gx, gy = np.meshgrid(np.linspace(*limits[0], 200), np.linspace(*limits[1], 200))
+        grid = jnp.stack([jnp.asarray(gx.ravel()), jnp.asarray(gy.ravel())], -1)
+        dens = np.exp(np.asarray(log_density(grid))).reshape(gx.shape)
+        ax.contour(gx, gy, dens, levels=6, colors="0.6", linewidths=0.8)
+    if reference is not None:
+        ref = np.asarray(reference)
+        ax.scatter(ref[:, 0], ref[:, 1], s=3, color="0.8", lw=0, label="exact", zorder=0)
+    for (name, idata), color in zip(
+        [("NUTS", result["nuts"][1]), ("NeuTra", result["neutra"][1])],
+        [ncplot.PALETTE[0], ncplot.PALETTE[1]],
+    ):
+        x = column(idata, *coords[0])
+        y = column(idata, *coords[1])
+        ax.scatter(x, y, s=4, alpha=0.5, color=color, lw=0, label=name)
+    ax.set(xlabel=label(*coords[0]), ylabel=label(*coords[1]), title="posterior draws")
+    if log_y:
+        ax.set_yscale("log")
+    if limits is not None:
+        ax.set(xlim=limits[0], ylim=limits[1])
+    ax.legend(frameon=False, markerscale=3)
+
+    ax = axes[1]
+    mcmc = result["neutra"][0]
+    z = np.asarray(mcmc.get_samples()[f"{result['guide'].prefix}_shared_latent"])
+    i, j = latent_coords
+    ax.scatter(z[:, i], z[:, j], s=4, alpha=0.5, color=ncplot.PALETTE[1], lw=0)
+    t = np.linspace(0, 2 * np.pi, 200)
+    for r in (1, 2, 3):
+        ax.plot(r * np.cos(t), r * np.sin(t), color="black", lw=0.8, ls="--")
+    ax.set(
+        xlabel=f"$z_{{{i}}}$",
+        ylabel=f"$z_{{{j}}}$",
+        title="what NeuTra's NUTS sees (N(0, I) circles)",
+        aspect="equal",
+    )
+
+    ncplot.plot_losses(
+        result["losses"],
+        ax=axes[2],
+        smooth=max(len(result["losses"]) // 50, 1),
+        xlabel="SVI step",
+        ylabel="negative ELBO",
+        title="SVI loss",
+    )
+    lo, hi = np.quantile(result["losses"], [0.0, 0.95])
+    axes[2].set_ylim(lo - 0.1 * (hi - lo), hi)
+    fig.suptitle(title)
+    return fig
+
+
+def add_budget_arguments(parser, *, svi_steps, num_warmup, num_samples, transformer="affine"):
+    """The command-line options shared by the demo and the NeuTra examples."""
+    parser.add_argument("--out", default="out", help="directory for the figures (default out/)")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test)")
+    parser.add_argument(
+        "--svi-steps", type=int, default=None, help=f"SVI steps (default {svi_steps})"
+    )
+    parser.add_argument(
+        "--num-warmup", type=int, default=None, help=f"NUTS warmup (default {num_warmup})"
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=None, help=f"NUTS draws (default {num_samples})"
+    )
+    parser.add_argument(
+        "--transformer",
+        default=transformer,
+        choices=("spline", "affine", "mixture", "additive"),
+        help=f"coupling transformer of the guide (default {transformer})",
+    )
+    parser.add_argument("--n-layers", type=int, default=None, help="coupling layers")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(_budget=(svi_steps, num_warmup, num_samples))
+
+
+def budgets(args) -> dict:
+    """Keyword arguments of :func:`compare_samplers` from parsed :func:`add_budget_arguments`."""
+    svi_steps, num_warmup, num_samples = args._budget
+    quick = args.quick
+    guide_kwargs = {"transformer": args.transformer}
+    if quick:
+        guide_kwargs |= {"n_layers": 2, "nn_width": 8}
+    if args.n_layers is not None:
+        guide_kwargs["n_layers"] = args.n_layers
+    return {
+        "guide_kwargs": guide_kwargs,
+        "svi_steps": args.svi_steps or (200 if quick else svi_steps),
+        "num_warmup": args.num_warmup or (100 if quick else num_warmup),
+        "num_samples": args.num_samples or (100 if quick else num_samples),
+        "seed": args.seed,
+        "progress_bar": not args.no_progress,
+    }
+
+
+def _funnel_xv(dim):
+    draws = funnel_draws(3000, dim)
+    return np.stack([draws["x"][:, 0], draws["v"]], -1)
+
+
+def main(argv=None):
+    """Command-line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="numpyro-coupling-demo",
+        description="NeuTra with AutoCouplingFlow on Neal's funnel, against plain NUTS.",
+    )
+    parser.add_argument("--dim", type=int, default=10, help="funnel dimension (default 10)")
+    add_budget_arguments(parser, svi_steps=4000, num_warmup=500, num_samples=500)
+    args = parser.parse_args(argv)
+    kw = budgets(args)
+    result = compare_samplers(funnel, dim=args.dim, **kw)
+    print(
+        f"\nNeal's funnel, {args.dim}-D: SVI {kw['svi_steps']} steps, NUTS {kw['num_warmup']} "
+        f"warmup + {kw['num_samples']} draws, one chain (the funnel is normalised, so its "
+        "SVI loss is KL(q || p) in nats)\n"
+    )
+    print(format_table(result["rows"]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plot_comparison(
+        result,
+        coords=[("x", 0), ("v", None)],
+        title=f"Neal's funnel ({args.dim}-D): NUTS vs NeuTra + AutoCouplingFlow",
+        reference=_funnel_xv(args.dim),
+        limits=((-20, 20), (-10, 10)),
+    )
+    path = out / "neutra_funnel.png"
+    fig.savefig(path, dpi=120)
+    print(f"\nwrote {path}")
+    return result["rows"]
+
+
+if __name__ == "__main__":
+    main()

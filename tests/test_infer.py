@@ -1,0 +1,224 @@
+"""AutoCouplingFlow as an SVI guide and a NeuTra reparameteriser; the demo's quick mode."""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from numpyro.infer.reparam import NeuTraReparam
+
+from numpyro_coupling.infer import AutoCouplingFlow, fit_guide, neutra_mcmc, sampling_efficiency
+
+COV = jnp.array([[1.0, 0.9], [0.9, 1.0]])
+
+
+def gaussian_2d():
+    numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(2), COV))
+
+
+def banana():
+    # Normalised, so the negative ELBO is the KL divergence.
+    a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+    numpyro.sample("b", dist.Normal(0.5 * a**2, 0.5))
+
+
+def mixed_supports(y):
+    scale = numpyro.sample("scale", dist.HalfNormal(1.0))
+    weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(3)))
+    p = numpyro.sample("p", dist.Uniform(0.0, 1.0))
+    with numpyro.plate("groups", 2):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    loc = mu.sum() * p + weights[0]
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(loc, scale), obs=y)
+
+
+def fit(model, guide, steps, lr, *args):
+    return fit_guide(
+        model, *args, guide=guide, svi_steps=steps, learning_rate=lr, progress_bar=False
+    )[1]
+
+
+def kl(model, guide, params, *args):
+    return float(Trace_ELBO(num_particles=2000).loss(jr.key(7), params, model, guide, *args))
+
+
+def test_fits_correlated_gaussian():
+    guide = AutoCouplingFlow(gaussian_2d, transformer="affine", n_layers=2, nn_width=8)
+    params = fit(gaussian_2d, guide, 1500, 1e-2)
+    assert kl(gaussian_2d, guide, params) < 0.03
+    draws = guide.sample_posterior(jr.key(1), params, sample_shape=(4000,))["x"]
+    assert abs(float(jnp.corrcoef(draws.T)[0, 1]) - 0.9) < 0.05
+
+
+def test_fits_banana_with_spline():
+    guide = AutoCouplingFlow(banana, n_layers=4, nn_width=16, n_bins=6)
+    params = fit(banana, guide, 2000, 5e-3)
+    assert kl(banana, guide, params) < 0.08
+
+
+@pytest.fixture(scope="module")
+def mixed_fit():
+    y = jnp.array([0.3, -0.2, 1.1])
+    guide, params, _ = fit_guide(
+        mixed_supports,
+        y,
+        guide={"n_layers": 2, "nn_width": 8},
+        svi_steps=30,
+        learning_rate=1e-2,
+        progress_bar=False,
+    )
+    return guide, params, y
+
+
+def test_summaries_have_site_shapes(mixed_fit):
+    guide, params, _ = mixed_fit
+    draws = guide.sample_posterior(jr.key(1), params, sample_shape=(7,))
+    shapes = {"scale": (), "weights": (3,), "p": (), "mu": (2,)}
+    assert {k: v.shape for k, v in draws.items()} == {k: (7, *s) for k, s in shapes.items()}
+    median = guide.median(params)
+    assert {k: v.shape for k, v in median.items()} == shapes
+    assert jnp.allclose(median["weights"].sum(), 1.0, atol=1e-5)
+    q = guide.quantiles(params, [0.1, 0.5, 0.9], num_samples=256)
+    assert {k: v.shape for k, v in q.items()} == {k: (3, *s) for k, s in shapes.items()}
+    assert bool(jnp.all(q["p"][0] <= q["p"][2]))
+    assert guide.get_posterior(params).log_prob(jnp.zeros(guide.latent_dim)).shape == ()
+
+
+def test_neutra_reparam_nuts_on_constrained_sites_and_plates(mixed_fit):
+    guide, params, y = mixed_fit
+    neutra = NeuTraReparam(guide, params)
+    mcmc = MCMC(
+        NUTS(neutra.reparam(mixed_supports)), num_warmup=20, num_samples=20, progress_bar=False
+    )
+    mcmc.run(jr.key(2), y)
+    z = mcmc.get_samples()["auto_shared_latent"]
+    assert z.shape == (20, guide.latent_dim)
+    draws = neutra.transform_sample(z)
+    assert bool(jnp.all(draws["scale"] > 0))
+    assert bool(jnp.all((draws["p"] > 0) & (draws["p"] < 1)))
+    assert jnp.allclose(draws["weights"].sum(-1), 1.0, atol=1e-5)
+    assert draws["mu"].shape == (20, 2)
+
+
+def test_neutra_mcmc_returns_constrained_idata():
+    def model():
+        numpyro.sample("s", dist.LogNormal(0.0, 0.5))
+        numpyro.sample("w", dist.Dirichlet(jnp.ones(3)))
+
+    mcmc, idata = neutra_mcmc(
+        model,
+        guide={"transformer": "affine", "n_layers": 2, "nn_width": 4},
+        svi_steps=30,
+        num_warmup=20,
+        num_samples=10,
+        progress_bar=False,
+    )
+    assert idata.posterior["w"].shape == (1, 10, 3)
+    assert idata.unconstrained_posterior["w"].shape == (1, 10, 2)
+    assert idata.svi["loss"].shape == (30,)
+    assert bool((idata.posterior["s"] > 0).all())
+    stats = sampling_efficiency(idata)
+    assert stats["n_grads"] == int(mcmc.get_extra_fields()["num_steps"].sum())
+    assert stats["min_ess"] > 0
+
+
+def test_latent_dim_one_is_elementwise():
+    def model():
+        numpyro.sample("s", dist.Gamma(3.0, 2.0))
+
+    guide = AutoCouplingFlow(model, n_layers=2)
+    params = fit(model, guide, 1500, 1e-2)
+    assert guide.latent_dim == 1
+    assert kl(model, guide, params) < 0.02
+    assert guide.sample_posterior(jr.key(1), params, sample_shape=(3,))["s"].shape == (3,)
+
+
+def test_discrete_latent_site_raises():
+    def model():
+        k = numpyro.sample("k", dist.Bernoulli(0.3))
+        numpyro.sample("x", dist.Normal(k, 1.0))
+
+    svi = SVI(model, AutoCouplingFlow(model), numpyro.optim.Adam(1e-3), Trace_ELBO())
+    with pytest.raises(ValueError, match="discrete latent"):
+        svi.init(jr.key(0))
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="transformer"):
+        AutoCouplingFlow(banana, transformer="cubic")
+    with pytest.raises(ValueError, match="permutation"):
+        AutoCouplingFlow(banana, permutation="shuffle")
+    with pytest.raises(ValueError, match="warm_start"):
+        AutoCouplingFlow(banana, transformer="affine", warm_start={"a": jnp.zeros(3)})
+
+
+def test_warm_start_is_the_rbig_fit(x64):
+    from numpyro_coupling.rbig import fit_rbig_coupling
+
+    def model():
+        numpyro.sample("s", dist.LogNormal(0.0, 0.5))
+        numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    rng = np.random.default_rng(0)
+    draws = {
+        "s": np.exp(0.5 * rng.normal(size=300)),
+        "x": rng.normal(size=(300, 2)) @ [[1, 0.8], [0, 0.6]],
+    }
+    kw = {"n_layers": 2, "nn_width": 8, "n_components": 3}
+    guide = AutoCouplingFlow(model, warm_start=draws, **kw)
+    svi = SVI(model, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+    params = svi.get_params(svi.init(jr.key(0)))
+    X = guide.unconstrained_latent(draws)
+    assert X.shape == (300, 3) and X.dtype == jnp.float64
+    rbig = fit_rbig_coupling(
+        X,
+        guide.warm_start_key,
+        n_layers=2,
+        n_components=3,
+        nn_width=8,
+        nn_depth=2,
+        progress_bar=False,
+    )
+    got = guide.get_posterior(params).log_prob(X)
+    np.testing.assert_allclose(got, rbig.log_prob(X), atol=1e-6, rtol=0)
+
+
+def test_fit_guide_accepts_kwargs_and_instances():
+    guide, _, losses = fit_guide(
+        gaussian_2d, guide={"n_layers": 1, "nn_width": 4}, svi_steps=5, progress_bar=False
+    )
+    assert isinstance(guide, AutoCouplingFlow) and losses.shape == (5,)
+    with pytest.raises(TypeError):
+        fit_guide(gaussian_2d, guide="spline", svi_steps=1, progress_bar=False)
+
+
+def test_get_transform_is_one_pass_with_memo():
+    guide = AutoCouplingFlow(gaussian_2d, n_layers=2, nn_width=4)
+    params = fit(gaussian_2d, guide, 3, 1e-2)
+    t = guide.get_transform(params)
+    z = jr.normal(jr.key(3), (2,))
+    x = t(z)
+    x2, log_det = t.transform_and_log_det(z)
+    assert jnp.allclose(x, x2)
+    assert jnp.allclose(t.log_abs_det_jacobian(z, x), log_det)
+    # The inverse gives back the base point and the opposite log-det.
+    z2, inv_log_det = t.inverse_and_log_det(x)
+    assert jnp.allclose(z2, z, atol=1e-5) and jnp.allclose(inv_log_det, -log_det, atol=1e-5)
+
+
+def test_demo_quick(tmp_path):
+    from numpyro_coupling.demo import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    assert list(tmp_path.glob("*.png"))
+
+
+def test_jit_compatible_sampling():
+    guide = AutoCouplingFlow(banana, n_layers=2, nn_width=4)
+    params = fit(banana, guide, 3, 1e-2)
+    sample = jax.jit(lambda k: guide.sample_posterior(k, params)["b"])
+    assert sample(jr.key(0)).shape == ()
