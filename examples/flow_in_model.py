@@ -127,11 +127,15 @@ def main(argv=None):
     lo, hi = lo - pad, hi + pad
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 160), np.linspace(lo[1], hi[1], 160))
     pts = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], -1), dtype=residual.dtype)
-    dens = np.exp(np.asarray(jax.jit(noise.log_prob)(pts))).reshape(gx.shape)
+    log_dens = np.asarray(jax.jit(noise.log_prob)(pts)).reshape(gx.shape)
     ax.scatter(residual[:, 0], residual[:, 1], s=2, alpha=0.25, color="0.45")
-    ax.contour(gx, gy, dens, levels=8, cmap="viridis", linewidths=1.3)
+    # Log-density contours, 1 nat apart, show the shape beyond the densest spot.
+    top = float(log_dens.max())
+    ax.contour(
+        gx, gy, log_dens, levels=np.arange(top - 6, top, 1.0), cmap="viridis", linewidths=1.2
+    )
     ax.set(
-        title="residuals y - x w and the learnt noise density",
+        title="residuals y - x w, learnt noise log-density",
         xlabel="residual[0]",
         ylabel="residual[1]",
         xlim=(lo[0], hi[0]),

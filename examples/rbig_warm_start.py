@@ -201,7 +201,7 @@ def main(argv=None):
     fig.savefig(out / "rbig_warm_start_training.png", dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.5), layout="constrained")
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.9), layout="constrained")
     bounds = ((-2.6, 2.6), (-2.6, 2.6))
     axes[0].scatter(X[:, 0], X[:, 1], s=2, color="#0072B2", alpha=0.4, linewidths=0)
     axes[0].set(

@@ -158,10 +158,12 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss or gradient.
 
     Attributes:
-        step: index (0-based) of the first step whose loss or gradient was not finite.
-        last_finite_flow: the flow with the parameters from before that step.
-        losses: ``(step,)`` the finite training losses up to it.
-        state: a :class:`FitState` at ``step`` (e.g. to resume with a smaller learning rate).
+        step: index (0-based) of the first step whose loss or gradient was not finite;
+            that step's update was not applied.
+        last_finite_flow: the flow with the parameters that step started from (all
+            finite: the last applied update's result).
+        losses: ``(step,)`` the finite training losses before it.
+        state: a :class:`FitState` at ``step`` (e.g. to inspect, or to resume).
     """
 
     def __init__(self, message, *, step, last_finite_flow, losses, state):
