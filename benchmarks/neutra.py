@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ METHODS = {
     ),
     "bnaf": ("AutoBNAFNormal (hidden factors [8,8])", lambda m, p: AutoBNAFNormal(m)),
     "ours-spline": ("AutoCouplingFlow spline", _ours(transformer="spline")),
-    "ours-affine": ("AutoCouplingFlow affine", _ours(transformer="affine")),
+    "ours-affine": ("AutoCouplingFlow affine (default)", _ours(transformer="affine")),
     "ours-additive": ("AutoCouplingFlow additive", _ours(transformer="additive")),
     "ours-mixture": ("AutoCouplingFlow mixture", _ours(transformer="mixture")),
     "ours-warm": ("AutoCouplingFlow mixture, RBIG warm start", _warm()),
@@ -108,7 +109,7 @@ def run_method(target, method, args, pilot, key):
             row["pilot_seconds"] = pilot["seconds"]
         start = time.perf_counter()
         guide = make_guide(model, pilot["draws"] if pilot else None)
-        guide, params, _, last = fit_guide(
+        guide, params, losses, last = fit_guide(
             model,
             guide=guide,
             svi_steps=args.svi_steps,
@@ -119,6 +120,7 @@ def run_method(target, method, args, pilot, key):
             return_last=True,
         )
         row["svi_seconds"] = time.perf_counter() - start
+        row["steps_to_threshold"] = _steps_to(losses, LOSS_THRESHOLDS[target])
         svi = SVI(model, guide, numpyro.optim.Adam(args.learning_rate), Trace_ELBO())
         row["svi_ms_per_step"] = 1e3 * _step_seconds(svi, svi.init(k_svi))
         row["n_params"] = _n_params(params)
@@ -130,6 +132,19 @@ def run_method(target, method, args, pilot, key):
     if target == "dualmoon":
         row["right_mode"], row["mode_switches"] = _mode_stats(idata)
     return row
+
+
+#: Loss levels for the "steps to reach" column (about the best peer's final loss).
+LOSS_THRESHOLDS = {"funnel": 0.5, "dualmoon": -1.5, "eightschools": 32.5}
+
+
+def _steps_to(losses, level, window=200):
+    """First step where the trailing mean of the training loss is at or below ``level``."""
+    losses = np.asarray(losses, float)
+    csum = np.cumsum(np.insert(losses, 0, 0.0))
+    idx = np.arange(window, len(losses) + 1)
+    below = np.flatnonzero((csum[idx] - csum[idx - window]) / window <= level)
+    return int(idx[below[0]]) if below.size else None
 
 
 def _step_seconds(svi, state, n=200):
@@ -224,6 +239,7 @@ COLUMNS = [
     ("method", "method", "{}"),
     ("svi_loss", "SVI loss", "{:.3f}"),
     ("svi_loss_last", "last iterate", "{:.3f}"),
+    ("steps_to_threshold", "steps to level", "{:d}"),
     ("svi_seconds", "SVI s", "{:.0f}"),
     ("svi_ms_per_step", "ms/step", "{:.2f}"),
     ("n_params", "params", "{:d}"),
@@ -245,6 +261,7 @@ SCALING_COLUMNS = [
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="funnel,dualmoon,eightschools")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
@@ -296,6 +313,8 @@ def main(argv=None):
             row = run_method(target, method, args, pilot, jr.fold_in(key, m_index))
             rows.append(row)
             saved["rows"][f"{target}|{method}"] = row | {"command": " ".join(argv or [])}
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps(saved, indent=1))
             print(format_table([row], COLUMNS).splitlines()[-1], flush=True)
 
     scaling = []

@@ -229,7 +229,7 @@ def plot_comparison(
     ax.set(
         xlabel=f"$z_{{{i}}}$",
         ylabel=f"$z_{{{j}}}$",
-        title="what NeuTra's NUTS sees (N(0, I) circles)",
+        title="warped space seen by NUTS",
         aspect="equal",
     )
 

@@ -16,8 +16,11 @@ pass per coupling; density evaluation (``get_posterior(...).log_prob``) runs ``T
 pass. With ``transformer="mixture"`` the sampling direction is the mixture-CDF's inverse,
 a root-find, so that guide is slower.
 
-:func:`neutra_mcmc` chains the two steps (``SVI``, then NUTS on the warped geometry) and
-returns the MCMC object with an ArviZ ``InferenceData`` in the model's constrained space.
+:func:`fit_guide` runs ``SVI`` and averages the last iterates, :func:`neutra_nuts` runs
+NUTS on the geometry a fitted guide warps (NumPyro's ``NeuTraReparam``), and
+:func:`neutra_mcmc` chains the two, returning the MCMC object with an ArviZ
+``InferenceData`` in the model's constrained space; :func:`nuts_mcmc` is the plain-NUTS
+baseline with the same outputs and :func:`sampling_efficiency` their figures of merit.
 """
 
 from __future__ import annotations
@@ -51,9 +54,12 @@ __all__ = [
     "GUIDE_TRANSFORMERS",
     "AffineRQSpline",
     "AutoCouplingFlow",
+    "BoundedInputConditioner",
     "Elementwise",
     "Invert",
+    "bit_masks",
     "fit_guide",
+    "guide_flow_layers",
     "neutra_mcmc",
     "neutra_nuts",
     "nuts_mcmc",
@@ -95,7 +101,7 @@ class AffineRQSpline(Transformer):
         >>> params = jnp.zeros(t.n_params).at[1].set(jnp.log(2.0))
         >>> y, log_det = t.forward(jnp.array(1.0), params)
         >>> round(float(y), 4), round(float(t.inverse(y, params)[0]), 4)
-        (0.5, 1.0)
+        (0.5015, 1.0)
     """
 
     def __init__(self, n_bins: int = 8, interval: float = 4.0, log_scale_bound: float = 6.0):
@@ -164,13 +170,26 @@ class Invert(Bijection):
         self.shape = tuple(bijection.shape)
 
     def transform_and_log_det(self, x):
-        return self.bijection.inverse_and_log_det(x)
+        return _inverse_pass(self.bijection, x)
 
     def inverse_and_log_det(self, y):
-        return self.bijection.transform_and_log_det(y)
+        return _forward_pass(self.bijection, y)
 
     def __repr__(self):
         return f"Invert({self.bijection!r})"
+
+
+# Compiled passes: called eagerly (``svi.init``, ``sample_posterior``) a deep flow would
+# otherwise run op by op, compiling every small primitive on its own; inside a traced
+# computation they are simply inlined.
+@jax.jit
+def _inverse_pass(bijection, x):
+    return bijection.inverse_and_log_det(x)
+
+
+@jax.jit
+def _forward_pass(bijection, x):
+    return bijection.transform_and_log_det(x)
 
 
 class _MemoInvert(Invert):
@@ -210,8 +229,9 @@ class Elementwise(Bijection):
         >>> import jax.numpy as jnp
         >>> from numpyro_coupling import RQSpline
         >>> layer = Elementwise(RQSpline(4, 3.0), (1,))
-        >>> layer.transform_and_log_det(jnp.array([[0.5]]))[0].tolist()
-        [[0.5]]
+        >>> y, log_det = layer.transform_and_log_det(jnp.array([[0.5]]))
+        >>> round(float(y[0, 0]), 6), abs(round(float(log_det[0]), 6))
+        (0.5, 0.0)
     """
 
     _params = ("params",)
@@ -322,7 +342,7 @@ def guide_flow_layers(
     key,
     dim: int,
     *,
-    transformer: str = "spline",
+    transformer: str = "affine",
     n_layers: int = 8,
     nn_width: int = 16,
     nn_depth: int = 2,
@@ -335,12 +355,15 @@ def guide_flow_layers(
     """The coupling stack of :class:`AutoCouplingFlow` (normalising direction, no loc/scale).
 
     Data-to-latent order: ``[mix_1, coupling_1, mix_2, coupling_2, ...]`` where ``mix`` is
-    a permutation or learnt rotation. For ``dim == 1`` it is ``n_layers`` :class:`Elementwise`
-    layers instead.
+    a permutation or learnt rotation (none for ``permutation="bits"``, whose couplings
+    carry :func:`bit_masks`). For ``dim == 1`` it is ``n_layers`` :class:`Elementwise`
+    layers instead. Arguments as in :class:`AutoCouplingFlow`.
 
     Example:
         >>> import jax.random as jr
-        >>> len(guide_flow_layers(jr.key(0), 3, n_layers=2))
+        >>> len(guide_flow_layers(jr.key(0), 3, n_layers=2))  # "bits" masks: couplings only
+        2
+        >>> len(guide_flow_layers(jr.key(0), 3, n_layers=2, permutation="random"))
         4
     """
     if permutation not in _PERMUTATIONS:
@@ -420,36 +443,66 @@ class AutoCouplingFlow(AutoContinuous):
 
     Parameters (``numpyro.param`` sites): ``{prefix}_loc`` and ``{prefix}_scale`` (the
     elementwise layer, ``(latent_dim,)``, the scale positive) and ``{prefix}_flow$params``
-    (the couplings' trainable leaves, a pytree).
+    (the couplings' trainable leaves, a pytree). The conditioners' final kernels start at
+    zero, so the guide starts as ``N(loc, scale^2)``.
+
+    The defaults were chosen on the NeuTra benchmarks (``benchmarks/neutra.py``):
+
+    * ``permutation="bits"`` masks (:func:`bit_masks`): with ``2 * ceil(log2 D)`` layers
+      every coordinate is transformed conditionally on every other one, so a scale
+      variable and the coordinates it scales (a funnel, a hierarchical model) always
+      meet in some coupling; random permutations miss such pairs;
+    * conditioners read ``5 * tanh(u / 5)`` of their (standardised) inputs, so a rare draw
+      far in the tails cannot make an affine coupling's scale compound from layer to layer
+      (the source of the loss spikes that otherwise undo SVI progress);
+    * ``stl=True``: the "sticking the landing" gradient (Roeder et al., 2017): the guide's
+      own density is evaluated with its parameters held fixed, so the gradient noise
+      vanishes as the guide approaches the posterior. The ELBO and its expected gradient
+      are unchanged; each step costs one extra pass through the flow (the normalising
+      direction);
+    * affine couplings: on the funnel the spline guide reaches a similar KL but leaves
+      NUTS a much rougher warped space;
+    * narrow conditioners (``nn_width=16``): with a constant Adam step every parameter
+      keeps jittering by about the step size, so extra parameters cost accuracy. Pair the
+      guide with the parameter averaging of :func:`fit_guide`.
 
     Args:
         model: a NumPyro model with continuous latent sites.
-        transformer: the coupling's elementwise map: ``"spline"`` (a conditional affine
-            map followed by a rational-quadratic spline, :class:`AffineRQSpline`),
-            ``"affine"`` (RealNVP), ``"mixture"`` (Gaussian-mixture CDF; sampling needs its
-            root-find inverse, so it is slower) or ``"additive"`` (NICE). Defaults to
-            ``"spline"``, or ``"mixture"`` with ``warm_start``.
-        n_layers: coupling layers.
+        transformer: the coupling's elementwise map: ``"affine"`` (RealNVP: exact for
+            hierarchical scale/location dependencies, and the warped space stays smooth
+            for NUTS), ``"spline"`` (a conditional affine map followed by a
+            rational-quadratic spline, :class:`AffineRQSpline`: also reshapes, e.g. splits
+            mass between modes), ``"mixture"`` (Gaussian-mixture CDF; sampling needs its
+            root-find inverse, so it is several times slower and slow to compile) or
+            ``"additive"`` (NICE). Defaults to ``"affine"``, or ``"mixture"`` with
+            ``warm_start``.
+        n_layers: coupling layers (for ``latent_dim == 1``: elementwise layers).
         nn_width: conditioner hidden width.
         nn_depth: conditioner hidden layers.
-        permutation: what mixes coordinates between couplings: ``"random"`` (a fixed
-            random permutation per layer), ``"flip"``, ``"householder"``, ``"lu"`` or
-            ``"none"``.
+        permutation: how the couplings' active halves change from layer to layer:
+            ``"bits"`` (:func:`bit_masks`), or a half mask preceded by a ``"random"``
+            permutation, a ``"flip"``, a learnt ``"householder"`` rotation or ``"lu"``
+            map, or ``"none"``.
+        activation: conditioner activation (see :class:`~numpyro_coupling.MLP`).
+        input_bound: conditioners read ``input_bound * tanh(u / input_bound)``; ``None``
+            feeds ``u`` unchanged.
         init_loc_fn: per-site initialisation of ``loc`` (NumPyro init strategy).
-        init_scale: initial ``scale``: a positive float for every coordinate, or
-            ``"auto"``: the inverse square root of the diagonal of the negative
-            log-density's Hessian at the initial location (each coordinate's conditional
-            scale there), clipped to ``[1e-4, 5]``, falling back to 1 where the curvature
-            is not positive. Exact diagonal up to 1024 latent dimensions, a 64-probe
-            Hutchinson estimate above.
+        init_scale: initial ``scale``: a positive float for every coordinate (default 1:
+            broad enough to see several modes), or ``"auto"``: the inverse square root
+            of the diagonal of the negative log-density's Hessian at the initial
+            location, clipped to ``[1e-4, 5]`` and 1 where the curvature is not positive
+            (exact up to 1024 latent dimensions, a 64-probe Hutchinson estimate above);
+            use it for concentrated posteriors.
         prefix: name prefix of the guide's sites.
         warm_start: optional dict ``site -> draws`` (leading axis: draws, in the model's
-            constrained space, e.g. from a pilot NUTS run). The flow is then built by
-            :func:`~numpyro_coupling.rbig.fit_rbig_coupling` on the draws in unconstrained
-            space (mixture-CDF couplings with zero final kernels), so the guide starts as
-            that fit exactly (``loc = 0``, ``scale = 1``).
+            constrained space, e.g. from a pilot NUTS run). The flow is then
+            :func:`~numpyro_coupling.rbig.fit_rbig_coupling` of the draws in the guide's
+            unconstrained space (``n_layers // 2`` RBIG blocks of two mixture-CDF
+            couplings with zero final kernels), so the guide starts as that fit exactly
+            (``loc = 0``, ``scale = 1``). The fit is kept as ``warm_start_flow``.
+        stl: use the "sticking the landing" gradient estimator.
         **transformer_kwargs: ``n_bins``, ``interval``, ``log_scale_bound`` (spline),
-            ``log_scale_bound`` (affine), ``n_components`` (mixture).
+            ``log_scale_bound`` (affine), ``n_components`` (mixture and warm start).
 
     Raises:
         ValueError: unknown options, or (at the first call) a model with discrete latent
@@ -486,7 +539,7 @@ class AutoCouplingFlow(AutoContinuous):
         **transformer_kwargs,
     ):
         if transformer is None:
-            transformer = "mixture" if warm_start is not None else "spline"
+            transformer = "mixture" if warm_start is not None else "affine"
         if warm_start is not None and transformer != "mixture":
             raise ValueError(
                 "warm_start builds mixture-CDF couplings by the RBIG fit; "

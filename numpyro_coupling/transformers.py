@@ -48,6 +48,39 @@ def _log_normal_pdf(z):
     return -0.5 * z * z - _HALF_LOG_2PI
 
 
+_MILLS_SWITCH = 6.0  # below -6, phi/Phi by continued fraction; above, directly
+# Continued-fraction terms for t >= 6: relative error 5e-10 (float32) and < 1e-15 (float64).
+_MILLS_TERMS = {4: 8, 8: 16}
+
+
+def _log_inverse_mills(z, log_ndtr_z):
+    """``log(phi(z) / Phi(z))`` without cancellation for any ``z``, given ``log Phi(z)``.
+
+    Directly for ``z >= -6``; below, Laplace's continued fraction for the Mills ratio,
+    ``Phi(-t) / phi(t) = 1 / (t + 1 / (t + 2 / (t + ...)))``, which avoids subtracting
+    ``log Phi(z) ~ -z^2 / 2`` from ``log phi(z)``, two large and nearly equal numbers.
+    Taking ``log Phi(z)`` as an argument lets callers reuse the value they already have.
+    """
+    t = jnp.maximum(-z, _MILLS_SWITCH)
+    f = t
+    for k in range(_MILLS_TERMS.get(jnp.dtype(t.dtype).itemsize, 16), 0, -1):
+        f = t + k / f
+    return jnp.where(z < -_MILLS_SWITCH, jnp.log(f), _log_normal_pdf(z) - log_ndtr_z)
+
+
+@jax.custom_jvp
+def _log_ndtr(z):
+    """``log Phi(z)`` whose derivative ``phi(z) / Phi(z)`` stays accurate in the far tail."""
+    return log_ndtr(z)
+
+
+@_log_ndtr.defjvp
+def _log_ndtr_jvp(primals, tangents):
+    (z,), (dz,) = primals, tangents
+    log_p = _log_ndtr(z)
+    return log_p, dz * jnp.exp(_log_inverse_mills(z, log_p))
+
+
 @jax.custom_jvp
 def log_ndtri(log_p):
     """Inverse of ``log_ndtr``: the ``y`` with ``log Phi(y) = log_p`` for ``log_p <= log 1/2``.
@@ -71,7 +104,7 @@ def log_ndtri(log_p):
     y = jnp.where(log_p > -30.0, direct, asym)
     for _ in range(3):
         lp = log_ndtr(y)
-        y = y - (lp - log_p) * jnp.exp(lp - _log_normal_pdf(y))
+        y = y - (lp - log_p) * jnp.exp(-_log_inverse_mills(y, lp))
     return y
 
 
@@ -79,8 +112,8 @@ def log_ndtri(log_p):
 def _log_ndtri_jvp(primals, tangents):
     (log_p,), (dlog_p,) = primals, tangents
     y = log_ndtri(log_p)
-    # dy/dlog_p = Phi(y) / phi(y)
-    return y, dlog_p * jnp.exp(log_p - _log_normal_pdf(y))
+    # dy/dlog_p = Phi(y) / phi(y), with Phi(y) = exp(log_p)
+    return y, dlog_p * jnp.exp(-_log_inverse_mills(y, log_p))
 
 
 class Transformer:
@@ -200,16 +233,20 @@ class RQSpline(Transformer):
         d0, d1 = self._take(dk, idx), self._take(dk, idx + 1)
         return x0, x1 - x0, y0, y1 - y0, d0, d1
 
-    def forward(self, x, params):
-        inside = jnp.abs(x) < self.interval
-        xc = jnp.clip(x, -self.interval, self.interval)
-        x0, w, y0, h, d0, d1 = self._bin_params(lambda xk, yk: xk, xc, params)
-        s = h / w
-        xi = (xc - x0) / w
+    @staticmethod
+    def _rq(xi, y0, h, s, d0, d1):
+        """Value and derivative ``dy/dx`` of one bin's rational quadratic at ``xi in [0, 1]``."""
         xi1 = xi * (1 - xi)
         denom = s + (d1 + d0 - 2 * s) * xi1
         y = y0 + h * (s * xi * xi + d0 * xi1) / denom
         deriv = s * s * (d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2) / (denom * denom)
+        return y, deriv
+
+    def forward(self, x, params):
+        inside = jnp.abs(x) < self.interval
+        xc = jnp.clip(x, -self.interval, self.interval)
+        x0, w, y0, h, d0, d1 = self._bin_params(lambda xk, yk: xk, xc, params)
+        y, deriv = self._rq((xc - x0) / w, y0, h, h / w, d0, d1)
         return jnp.where(inside, y, x), jnp.where(inside, jnp.log(deriv), 0.0)
 
     def inverse(self, y, params):
@@ -217,19 +254,33 @@ class RQSpline(Transformer):
         yc = jnp.clip(y, -self.interval, self.interval)
         x0, w, y0, h, d0, d1 = self._bin_params(lambda xk, yk: yk, yc, params)
         s = h / w
-        dy = yc - y0
-        c2 = d1 + d0 - 2 * s
-        a = h * (s - d0) + dy * c2
-        b = h * d0 - dy * c2
-        c = -s * dy
-        disc = jnp.maximum(b * b - 4 * a * c, 0.0)
-        xi = (2 * c) / (-b - jnp.sqrt(disc))
-        xi = jnp.clip(xi, 0.0, 1.0)
-        x = x0 + xi * w
-        xi1 = xi * (1 - xi)
-        denom = s + c2 * xi1
-        deriv = s * s * (d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2) / (denom * denom)
+        xi = jax.lax.stop_gradient(_rq_root(yc - y0, h, s, d0, d1))
+        # One Newton step from the root, with the root itself held constant: it polishes
+        # the value and carries the implicit-function gradients (dx/dy = 1 / f'(x)) without
+        # differentiating the quadratic formula, whose square root has an infinite
+        # derivative where the discriminant rounds to zero.
+        f, deriv = self._rq(xi, y0, h, s, d0, d1)
+        x = x0 + w * xi - (f - yc) / jax.lax.stop_gradient(deriv)
+        _, deriv = self._rq((x - x0) / w, y0, h, s, d0, d1)
         return jnp.where(inside, x, y), jnp.where(inside, -jnp.log(deriv), 0.0)
+
+
+def _rq_root(dy, h, s, d0, d1):
+    """The root ``xi in [0, 1]`` of a bin's rational quadratic at height ``dy`` above its start.
+
+    ``a xi^2 + b xi + c = 0``; of the two algebraically equal forms of the wanted root,
+    each branch uses the one whose denominator adds terms of one sign, so neither cancels.
+    """
+    c2 = d1 + d0 - 2 * s
+    a = h * (s - d0) + dy * c2
+    b = h * d0 - dy * c2
+    c = -s * dy
+    sq = jnp.sqrt(jnp.maximum(b * b - 4 * a * c, 0.0))
+    positive_b = b >= 0
+    num = jnp.where(positive_b, 2 * c, -b + sq)
+    den = jnp.where(positive_b, -b - sq, 2 * a)
+    den = jnp.where(den == 0, 1.0, den)
+    return jnp.clip(num / den, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,13 +332,23 @@ class MixtureGaussianCDF(Transformer):
     def _forward(self, x, params):
         log_w, means, log_scales = self.unpack(params)
         z = (x[..., None] - means) * jnp.exp(-log_scales)
-        log_cdf = logsumexp(log_w + log_ndtr(z), -1)
-        log_sf = logsumexp(log_w + log_ndtr(-z), -1)
-        # Take the quantile from whichever tail is smaller: exact in both tails.
-        q = log_ndtri(jnp.minimum(log_cdf, log_sf))
-        y = jnp.where(log_cdf < log_sf, q, -q)
-        log_pdf = logsumexp(log_w + _log_normal_pdf(z) - log_scales, -1)
-        return y, log_pdf - _log_normal_pdf(y)
+        log_cdf_k = log_w + _log_ndtr(z)
+        log_sf_k = log_w + _log_ndtr(-z)
+        log_cdf, log_sf = logsumexp(log_cdf_k, -1), logsumexp(log_sf_k, -1)
+        # Work in the smaller tail (selected with ``where``: ``minimum`` would split the
+        # gradient between two tied tails at the median, where it cancels to zero).
+        lower = log_cdf < log_sf
+        log_tail = jnp.where(lower, log_cdf, log_sf)
+        q = log_ndtri(log_tail)  # <= 0
+        y = jnp.where(lower, q, -q)
+        # f'(x) = pdf(x) / phi(y). With phi = Phi * h (h the inverse Mills ratio) and
+        # Phi(q) equal to the tail mass, this is sum_k r_k h(z_k) / sigma_k / h(q), r_k the
+        # components' shares of the tail mass: no y^2 / 2 terms left to cancel.
+        tail_z = jnp.where(lower[..., None], z, -z)
+        tail_k = jnp.where(lower[..., None], log_cdf_k, log_sf_k)
+        log_h = _log_inverse_mills(tail_z, tail_k - log_w)
+        log_pdf_ratio = logsumexp(jax.nn.log_softmax(tail_k, -1) + log_h - log_scales, -1)
+        return y, log_pdf_ratio - _log_inverse_mills(q, log_tail)
 
     def forward(self, x, params):
         return self._forward(x, params)

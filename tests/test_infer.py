@@ -7,10 +7,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
-from numpyro.infer.reparam import NeuTraReparam
+from numpyro.infer import SVI, Trace_ELBO
 
-from numpyro_coupling.infer import AutoCouplingFlow, fit_guide, neutra_mcmc, sampling_efficiency
+from numpyro_coupling.infer import AutoCouplingFlow, fit_guide, neutra_nuts, sampling_efficiency
 
 COV = jnp.array([[1.0, 0.9], [0.9, 1.0]])
 
@@ -47,7 +46,7 @@ def kl(model, guide, params, *args):
 
 
 def test_fits_correlated_gaussian():
-    guide = AutoCouplingFlow(gaussian_2d, transformer="affine", n_layers=2, nn_width=8)
+    guide = AutoCouplingFlow(gaussian_2d, n_layers=2, nn_width=8)
     params = fit(gaussian_2d, guide, 1500, 1e-2)
     assert kl(gaussian_2d, guide, params) < 0.03
     draws = guide.sample_posterior(jr.key(1), params, sample_shape=(4000,))["x"]
@@ -55,7 +54,7 @@ def test_fits_correlated_gaussian():
 
 
 def test_fits_banana_with_spline():
-    guide = AutoCouplingFlow(banana, n_layers=4, nn_width=16, n_bins=6)
+    guide = AutoCouplingFlow(banana, transformer="spline", n_layers=4, n_bins=6)
     params = fit(banana, guide, 2000, 5e-3)
     assert kl(banana, guide, params) < 0.08
 
@@ -66,7 +65,7 @@ def mixed_fit():
     guide, params, _ = fit_guide(
         mixed_supports,
         y,
-        guide={"n_layers": 2, "nn_width": 8},
+        guide={"n_layers": 2, "nn_width": 8, "stl": False},
         svi_steps=30,
         learning_rate=1e-2,
         progress_bar=False,
@@ -75,7 +74,7 @@ def mixed_fit():
 
 
 def test_summaries_have_site_shapes(mixed_fit):
-    guide, params, _ = mixed_fit
+    guide, params, y = mixed_fit
     draws = guide.sample_posterior(jr.key(1), params, sample_shape=(7,))
     shapes = {"scale": (), "weights": (3,), "p": (), "mu": (2,)}
     assert {k: v.shape for k, v in draws.items()} == {k: (7, *s) for k, s in shapes.items()}
@@ -86,41 +85,22 @@ def test_summaries_have_site_shapes(mixed_fit):
     assert {k: v.shape for k, v in q.items()} == {k: (3, *s) for k, s in shapes.items()}
     assert bool(jnp.all(q["p"][0] <= q["p"][2]))
     assert guide.get_posterior(params).log_prob(jnp.zeros(guide.latent_dim)).shape == ()
+    sample = jax.jit(lambda k: guide.sample_posterior(k, params, y)["weights"])
+    assert sample(jr.key(0)).shape == (3,)
 
 
-def test_neutra_reparam_nuts_on_constrained_sites_and_plates(mixed_fit):
+def test_neutra_nuts_on_constrained_sites_and_plates(mixed_fit):
+    # NumPyro's stock NeuTraReparam + NUTS, through neutra_nuts.
     guide, params, y = mixed_fit
-    neutra = NeuTraReparam(guide, params)
-    mcmc = MCMC(
-        NUTS(neutra.reparam(mixed_supports)), num_warmup=20, num_samples=20, progress_bar=False
+    mcmc, idata = neutra_nuts(
+        mixed_supports, guide, params, y, num_warmup=20, num_samples=10, progress_bar=False
     )
-    mcmc.run(jr.key(2), y)
-    z = mcmc.get_samples()["auto_shared_latent"]
-    assert z.shape == (20, guide.latent_dim)
-    draws = neutra.transform_sample(z)
-    assert bool(jnp.all(draws["scale"] > 0))
-    assert bool(jnp.all((draws["p"] > 0) & (draws["p"] < 1)))
-    assert jnp.allclose(draws["weights"].sum(-1), 1.0, atol=1e-5)
-    assert draws["mu"].shape == (20, 2)
-
-
-def test_neutra_mcmc_returns_constrained_idata():
-    def model():
-        numpyro.sample("s", dist.LogNormal(0.0, 0.5))
-        numpyro.sample("w", dist.Dirichlet(jnp.ones(3)))
-
-    mcmc, idata = neutra_mcmc(
-        model,
-        guide={"transformer": "affine", "n_layers": 2, "nn_width": 4},
-        svi_steps=30,
-        num_warmup=20,
-        num_samples=10,
-        progress_bar=False,
-    )
-    assert idata.posterior["w"].shape == (1, 10, 3)
-    assert idata.unconstrained_posterior["w"].shape == (1, 10, 2)
-    assert idata.svi["loss"].shape == (30,)
-    assert bool((idata.posterior["s"] > 0).all())
+    assert mcmc.get_samples()["auto_shared_latent"].shape == (10, guide.latent_dim)
+    post = idata.posterior
+    assert post["weights"].shape == (1, 10, 3) and post["mu"].shape == (1, 10, 2)
+    assert idata.unconstrained_posterior["weights"].shape == (1, 10, 2)
+    assert bool((post["scale"] > 0).all()) and bool(((post["p"] > 0) & (post["p"] < 1)).all())
+    np.testing.assert_allclose(post["weights"].sum("weights_dim_0"), 1.0, atol=1e-5)
     stats = sampling_efficiency(idata)
     assert stats["n_grads"] == int(mcmc.get_extra_fields()["num_steps"].sum())
     assert stats["min_ess"] > 0
@@ -130,10 +110,11 @@ def test_latent_dim_one_is_elementwise():
     def model():
         numpyro.sample("s", dist.Gamma(3.0, 2.0))
 
-    guide = AutoCouplingFlow(model, n_layers=2)
+    guide = AutoCouplingFlow(model, transformer="spline", n_layers=2)
     params = fit(model, guide, 1500, 1e-2)
     assert guide.latent_dim == 1
-    assert kl(model, guide, params) < 0.02
+    # The best Gaussian in log-space (AutoDiagonalNormal) has KL 0.027 here.
+    assert kl(model, guide, params) < 0.012
     assert guide.sample_posterior(jr.key(1), params, sample_shape=(3,))["s"].shape == (3,)
 
 
@@ -157,7 +138,7 @@ def test_bad_options_raise():
 
 
 def test_warm_start_is_the_rbig_fit(x64):
-    from numpyro_coupling.rbig import fit_rbig_coupling
+    from numpyro_coupling.rbig import RBIGFlow
 
     def model():
         numpyro.sample("s", dist.LogNormal(0.0, 0.5))
@@ -174,15 +155,10 @@ def test_warm_start_is_the_rbig_fit(x64):
     params = svi.get_params(svi.init(jr.key(0)))
     X = guide.unconstrained_latent(draws)
     assert X.shape == (300, 3) and X.dtype == jnp.float64
-    rbig = fit_rbig_coupling(
-        X,
-        guide.warm_start_key,
-        n_layers=2,
-        n_components=3,
-        nn_width=8,
-        nn_depth=2,
-        progress_bar=False,
-    )
+    # The guide keeps the fit_rbig_coupling result (n_layers // 2 RBIG blocks of two
+    # couplings each) it was built from.
+    rbig = guide.warm_start_flow
+    assert isinstance(rbig, RBIGFlow) and len(rbig.tc_reductions) == 1
     got = guide.get_posterior(params).log_prob(X)
     np.testing.assert_allclose(got, rbig.log_prob(X), atol=1e-6, rtol=0)
 
@@ -215,10 +191,3 @@ def test_demo_quick(tmp_path):
 
     main(["--quick", "--out", str(tmp_path)])
     assert list(tmp_path.glob("*.png"))
-
-
-def test_jit_compatible_sampling():
-    guide = AutoCouplingFlow(banana, n_layers=2, nn_width=4)
-    params = fit(banana, guide, 3, 1e-2)
-    sample = jax.jit(lambda k: guide.sample_posterior(k, params)["b"])
-    assert sample(jr.key(0)).shape == ()

@@ -67,33 +67,9 @@ N_RAW = 24  # >= every transformer's n_params; each takes the first n_params ent
 C = 64.0
 INTERVAL = TRANSFORMERS["spline"].interval
 
-# Known defects of the current transformers (see the reproducers at the end of this file).
-SPLINE_ROOT = pytest.mark.xfail(
-    strict=True,
-    reason="RQSpline.inverse: quadratic root 2c / (-b - sqrt(disc)) cancels when b < 0 "
-    "(narrow bins, extreme derivatives): round trip off by ~1e3 x the error bound",
-)
-MIXTURE_F32 = pytest.mark.xfail(
-    strict=True,
-    reason="MixtureGaussianCDF log-det = log_pdf - log phi(y) cancels two terms of size "
-    "y^2/2 (and log_ndtri's Newton step / JAX's log_ndtr jvp do the same): wrong log-dets, "
-    "inaccurate inverses and inf/NaN gradients for |y| >~ 1e2 in float32",
-)
-MIXTURE_F64 = pytest.mark.xfail(
-    strict=True,
-    reason="MixtureGaussianCDF: y = +-log_ndtri(minimum(log_cdf, log_sf)) has derivative 0 "
-    "at the median, where minimum splits the gradient between two tails that cancel "
-    "(and the float32 cancellation shows in float64 once y^2/2 ~ 1e14)",
-)
-SPLINE_KNOT_GRAD = pytest.mark.xfail(
-    strict=True,
-    reason="RQSpline.inverse: the gradient of the quadratic formula is NaN where its "
-    "discriminant rounds to 0 (y at the top of a tall bin with tiny end derivatives)",
-)
-
 
 def _cases(marks=None):
-    """``(name, precision)`` pairs, with xfail marks on the known-defective ones."""
+    """``(name, precision)`` pairs for every transformer, with optional per-case marks."""
     marks = marks or {}
     return [
         pytest.param(name, precision, marks=marks.get((name, precision), ()))
@@ -228,7 +204,7 @@ def _run(name, precision, raw, scale, x, sort=False):
 
 
 # --- properties -----------------------------------------------------------------------------
-@pytest.mark.parametrize("name, precision", _cases({("mixture", "float32"): MIXTURE_F32}))
+@pytest.mark.parametrize("name, precision", _cases())
 @PROFILE
 @_MIXTURE_EXTREME
 @given(raw=raw_params, scale=scales, x=inputs)
@@ -255,7 +231,7 @@ def test_monotone(name, precision, raw, scale, x):
 
 @pytest.mark.parametrize(
     "name, precision",
-    _cases({("mixture", "float32"): MIXTURE_F32, ("mixture", "float64"): MIXTURE_F64}),
+    _cases(),
 )
 @PROFILE
 @_MIXTURE
@@ -276,13 +252,7 @@ def test_log_det_is_log_derivative(name, precision, raw, scale, x):
 
 @pytest.mark.parametrize(
     "name, precision",
-    _cases(
-        {
-            ("spline", "float32"): SPLINE_ROOT,
-            ("spline", "float64"): SPLINE_ROOT,
-            ("mixture", "float32"): MIXTURE_F32,
-        }
-    ),
+    _cases(),
 )
 @PROFILE
 @_SPLINE_F32
@@ -311,7 +281,7 @@ def test_round_trip_within_conditioning(name, precision, raw, scale, x):
     assert (err <= tol).all(), f"y -> x -> y off by {err.max():.3g} at y = {y0[err > tol]}"
 
 
-@pytest.mark.parametrize("name, precision", _cases({("mixture", "float32"): MIXTURE_F32}))
+@pytest.mark.parametrize("name, precision", _cases())
 @PROFILE
 @_MIXTURE
 @given(raw=raw_params, scale=scales, x=inputs)
@@ -322,7 +292,7 @@ def test_gradients_finite(name, precision, raw, scale, x):
     assert r["grads_finite"].all(), [k for k, ok in zip(labels, r["grads_finite"]) if not ok]
 
 
-@pytest.mark.parametrize("precision", [pytest.param("float32", marks=SPLINE_KNOT_GRAD), "float64"])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
 @PROFILE
 @_SPLINE_KNOT
 @given(raw=raw_params, scale=scales)
@@ -343,7 +313,7 @@ def test_spline_gradients_finite_at_knots_and_boundaries(precision, raw, scale):
 
 @pytest.mark.parametrize(
     "precision",
-    [pytest.param("float32", marks=MIXTURE_F32), "float64"],
+    ["float32", "float64"],
 )
 @PROFILE
 @_MIXTURE
@@ -360,9 +330,8 @@ def test_mixture_inverse_where_phi_saturates(precision, raw, scale, x):
     assert (err <= tol).all(), f"off by {err.max():.3g} at x = {r['x'][err > tol]}"
 
 
-# --- minimal reproducers of the known defects -------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="float32 mixture-CDF log-det cancellation (see above)")
-def test_reproducer_mixture_log_det_far_tail_float32():
+# --- regressions: minimal cases of defects fixed earlier ---------------------------------
+def test_regression_mixture_log_det_far_tail_float32():
     # Two components N(0, 1) and N(0, 2^2), equal weights, at x = 1e3: float32 against the
     # float64 value of the same map (both well conditioned there, f is nearly x / 2).
     t = MixtureGaussianCDF(n_components=2)
@@ -376,8 +345,7 @@ def test_reproducer_mixture_log_det_far_tail_float32():
     assert abs(log_det(jnp.float32) - reference) < 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="RQSpline.inverse quadratic-root cancellation (see above)")
-def test_reproducer_spline_inverse_cancellation_float32():
+def test_regression_spline_inverse_cancellation_float32():
     t = RQSpline(n_bins=8, interval=4.0)
     raw = 50.0 * jnp.array(
         [-0.8, 0.3, 0.6, 0.2, -0.8, 0.8, 0.4, -0.9, -0.8, 1.0, 0.9, 0.6, -0.1, -0.2, 0.9, 0.8,
@@ -387,13 +355,13 @@ def test_reproducer_spline_inverse_cancellation_float32():
     y = jnp.array([3.93], jnp.float32)
     x, _ = t.inverse(y, raw)
     y_back, _ = t.forward(x, raw)
-    # f'(x) ~ 2.8 there, so an exact inverse gives |y_back - y| <~ 1e-5; currently 6e-3.
+    # f'(x) ~ 2.8 there, so an exact inverse gives |y_back - y| <~ 1e-5; 6e-3 with the
+    # cancelling form of the quadratic root.
     assert abs(float(y_back[0] - y[0])) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="derivative 0 at the mixture's median (see above)")
-def test_reproducer_mixture_derivative_at_the_median():
+def test_regression_mixture_derivative_at_the_median():
     # Five identical N(0, 1) components: the map is the identity, f'(0) = 1.
     t = MixtureGaussianCDF(n_components=5)
     slope = jax.grad(lambda x: t.forward(x, jnp.zeros(15))[0])(0.0)
-    assert float(slope) == pytest.approx(1.0, rel=1e-5)  # currently 0.0
+    assert float(slope) == pytest.approx(1.0, rel=1e-5)  # 0.0 if the tails split the gradient
