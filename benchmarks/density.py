@@ -1,8 +1,8 @@
-"""Density fitting on the seeds' data: this package next to flowjax, in one process.
+"""Density fitting on two-moons and a two-arm spiral, this package next to flowjax.
 
 Both libraries' flows are trained by the same loop (:func:`numpyro_coupling.train.fit`:
 Adam, ``clip_by_global_norm(1.0)``, cosine one-cycle schedule, batch 512, float64), on
-two-moons (``make_moons(3000, noise=0.06, random_state=0)``) and the seeds' two-arm spiral
+two-moons (``make_moons(3000, noise=0.06, random_state=0)``) and a two-arm spiral
 (3000 points, ``default_rng(0)``), standardised with the training mean/std. Test sets are
 20,000 fresh points (``random_state=123`` / ``default_rng(123)``) standardised with the
 *training* statistics. The oracle is the true density's expected log-likelihood.
@@ -56,7 +56,7 @@ def moons(n, seed):
 
 
 def spiral(n, seed):
-    """The seeds' two-arm spiral."""
+    """The two-arm spiral (3000 points)."""
     rng = np.random.default_rng(seed)
     t = rng.uniform(0.5, 3.5, n)
     arm = (rng.integers(0, 2, n) * 2 - 1)[:, None]
@@ -70,7 +70,7 @@ DATASETS = {"moons": moons, "spiral": spiral}
 def load(name, n_train=3000, n_test=20_000):
     """Train and test sets, both standardised with the training statistics.
 
-    The log-likelihoods are reported in the standardised coordinates, as in the seeds.
+    The log-likelihoods are reported in the standardised coordinates.
     """
     train = DATASETS[name](n_train, 0)
     test = DATASETS[name](n_test, 123)

@@ -114,14 +114,14 @@ def main(argv=None):
         ax.axhline(d // 2 - 0.5, color="w", lw=1, ls="--")
         ax.axvline(d // 2 - 0.5, color="w", lw=1, ls="--")
         ax.set(
-            title=f"{name}\n|dz/dx|: upper block 0, log-det gap {r['logdet_gap']:.0e}",
+            title=f"{name}\nnumbers: dz_i/dx_j; log-det gap {r['logdet_gap']:.0e}",
             xticks=range(d),
             yticks=range(d),
             xlabel="input coordinate j",
             ylabel="output coordinate i",
         )
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle("A coupling layer's Jacobian is triangular: passive block = I, upper block = 0")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="$|\\partial z_i / \\partial x_j|$")
+    fig.suptitle("Block-triangular Jacobians: passive block = I, upper-right block = 0")
     path = out / "coupling_jacobian.png"
     fig.savefig(path, dpi=120)
     print(f"\nwrote {path}")

@@ -1,7 +1,7 @@
 """Depth: stacking coupling blocks buys expressiveness; clipping keeps deep stacks tame.
 
 Each block is ``[HouseholderRotation (2 random reflections), RQSplineCoupling, Flip,
-RQSplineCoupling, Flip]`` (8 bins on [-4, 4], 24x2 conditioners), fitted to the seeds'
+RQSplineCoupling, Flip]`` (8 bins on [-4, 4], 24x2 conditioners), fitted to a
 standardised two-arm spiral for 1200 steps at depths 1, 2, 4 and 8. A training-free probe
 then measures the global norm of the NLL gradient of untrained stacks of growing depth,
 affine against spline couplings, both with this package's zero-initialised last
@@ -36,7 +36,7 @@ from numpyro_coupling.train import fit, partition_flow
 
 
 def spiral(n=3000, seed=0):
-    """The seeds' two-arm spiral, standardised."""
+    """A two-arm spiral (3000 points), standardised."""
     rng = np.random.default_rng(seed)
     t = rng.uniform(0.5, 3.5, n)
     arm = (rng.integers(0, 2, n) * 2 - 1)[:, None]

@@ -92,7 +92,7 @@ def standard_normal(shape, dtype=None) -> StandardNormal:
 class CouplingFlow(TransformedDistribution):
     """A normalising flow: ``x = bijection^-1(z)``, ``z ~ base_dist``.
 
-    ``bijection`` maps data to latent (the normalising direction, as in the seeds), so
+    ``bijection`` maps data to latent (the normalising direction), so
     ``log_prob(x) = base.log_prob(z) + log|det dz/dx|`` costs one forward pass: one
     conditioner evaluation per coupling. NumPyro's generic path (``inv`` then
     ``log_abs_det_jacobian``) would evaluate every conditioner twice.
