@@ -39,7 +39,7 @@ from numpyro_coupling import (
 )
 from numpyro_coupling.train import fit, partition_flow
 
-#: Oracle test log-likelihoods from the true densities (project benchmark notes).
+#: Oracle test log-likelihoods: the expected log-density of the true data distributions.
 ORACLE = {"moons": -1.314, "spiral": -1.383}
 
 #: Our spline settings for standardised data (bins on [-interval, interval]).

@@ -96,6 +96,8 @@ def _check_data(data, event_shape, name="data") -> np.ndarray:
     arr = np.asarray(data)
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real, got complex dtype {arr.dtype}")
     expected = "(n, " + ", ".join(str(s) for s in event_shape) + ")"
     if arr.ndim != 1 + len(event_shape) or tuple(arr.shape[1:]) != tuple(event_shape):
         raise ValueError(

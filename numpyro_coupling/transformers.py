@@ -39,6 +39,11 @@ __all__ = [
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def _check_positive(name, value):
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
 def soft_clamp(x, bound):
     """Smoothly squash ``x`` into ``(-bound, bound)``; identity-like near zero."""
     return bound * jnp.tanh(x / bound)
@@ -158,6 +163,9 @@ class Affine(Transformer):
 
     log_scale_bound: float = 5.0
 
+    def __post_init__(self):
+        _check_positive("log_scale_bound", self.log_scale_bound)
+
     @property
     def n_params(self) -> int:
         return 2
@@ -188,6 +196,17 @@ class RQSpline(Transformer):
     interval: float = 4.0
     min_bin_size: float = 1e-3
     min_derivative: float = 1e-3
+
+    def __post_init__(self):
+        if self.n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
+        _check_positive("interval", self.interval)
+        _check_positive("min_derivative", self.min_derivative)
+        if not 0 <= self.min_bin_size * self.n_bins < 1:
+            raise ValueError(
+                f"min_bin_size * n_bins must lie in [0, 1) so every bin keeps a positive "
+                f"share of the interval, got {self.min_bin_size} * {self.n_bins}"
+            )
 
     @property
     def n_params(self) -> int:
@@ -302,6 +321,7 @@ class MixtureGaussianCDF(Transformer):
     def __post_init__(self):
         if self.n_components < 1:
             raise ValueError(f"n_components must be >= 1, got {self.n_components}")
+        _check_positive("log_scale_bound", self.log_scale_bound)
 
     @property
     def n_params(self) -> int:

@@ -9,7 +9,6 @@ import numpyro_coupling as nc
 from numpyro_coupling.transformers import Affine, MixtureGaussianCDF, RQSpline
 
 KEY = jr.key(0)
-MISSING_CHECK = "the transformer does not validate this setting yet"
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +106,12 @@ def test_n_components_below_one(n_components):
         nc.MixtureGaussianCDFCoupling(KEY, shape=(4,), n_components=n_components)
 
 
-@pytest.mark.xfail(strict=True, reason=MISSING_CHECK)
 @pytest.mark.parametrize("n_bins", [0, -1])
 def test_n_bins_below_one(n_bins):
-    # Today RQSpline(0) is accepted and RQSplineCoupling(n_bins=0) fails deep inside JAX
-    # with "broadcast_in_dim shape must have every element be nonnegative".
     with pytest.raises(ValueError, match="n_bins"):
         RQSpline(n_bins)
 
 
-@pytest.mark.xfail(strict=True, reason=MISSING_CHECK)
 @pytest.mark.parametrize(
     "kwargs, word",
     [
@@ -132,12 +127,11 @@ def test_spline_settings(kwargs, word):
         RQSpline(**kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason=MISSING_CHECK)
 @pytest.mark.parametrize(
     "make", [Affine, lambda b: MixtureGaussianCDF(4, b)], ids=["affine", "mixture"]
 )
 def test_log_scale_bound_must_be_positive(make):
-    # Affine(0.0) divides by zero inside soft_clamp: every output is NaN.
+    # Affine(0.0) would divide by zero inside soft_clamp: every output NaN.
     with pytest.raises(ValueError, match="log_scale_bound"):
         make(0.0)
 
@@ -159,6 +153,10 @@ def test_fit_rejects_nan_data(flow):
         train.fit(flow, X, key=KEY, steps=2, validation=_data_with_nan(), progress_bar=False)
     with pytest.raises(ValueError, match=r"shape \(n, 4\).*got shape \(64, 3\)"):
         train.fit(flow, X[:, :3], key=KEY, steps=2, progress_bar=False)
+    with pytest.raises(ValueError, match="must be real, got complex"):
+        train.fit(flow, X.astype(complex), key=KEY, steps=2, progress_bar=False)
+    with pytest.raises(ValueError, match="must be numeric"):
+        train.fit(flow, X.astype(str), key=KEY, steps=2, progress_bar=False)
 
 
 def test_fit_rbig_rejects_nan_data():
@@ -167,3 +165,12 @@ def test_fit_rbig_rejects_nan_data():
         rbig.fit_rbig(_data_with_nan(), progress_bar=False)
     with pytest.raises(ValueError, match="NaN or inf"):
         rbig.fit_rbig_coupling(_data_with_nan(), progress_bar=False)
+
+
+def test_rbig_constant_columns():
+    rbig = pytest.importorskip("numpyro_coupling.rbig")
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    X[:, 1] = 2.0
+    for fit in (rbig.fit_rbig, rbig.fit_rbig_coupling):
+        with pytest.raises(ValueError, match=r"column\(s\) \[1\] of X are constant"):
+            fit(X, progress_bar=False)
