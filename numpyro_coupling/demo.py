@@ -325,7 +325,7 @@ def main(argv=None):
     path = out / "neutra_funnel.png"
     fig.savefig(path, dpi=120)
     print(f"\nwrote {path}")
-    return result["rows"]
+    # None: the console-script wrapper passes the return value to sys.exit.
 
 
 if __name__ == "__main__":
