@@ -815,6 +815,34 @@ def _import_arviz():
     return az
 
 
+def _run_nuts(
+    model,
+    args,
+    model_kwargs,
+    *,
+    key,
+    num_warmup,
+    num_samples,
+    num_chains,
+    progress_bar,
+    nuts_kwargs,
+):
+    """Run NUTS on ``model`` with the sampler statistics kept; returns ``(mcmc, seconds)``."""
+    mcmc = MCMC(
+        NUTS(model, **(nuts_kwargs or {})),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=_chain_method(num_chains),
+        progress_bar=progress_bar,
+    )
+    key = jr.key(1) if key is None else key
+    start = time.perf_counter()
+    mcmc.run(key, *args, extra_fields=_extra_fields(), **model_kwargs)
+    jax.block_until_ready(mcmc.get_samples())
+    return mcmc, time.perf_counter() - start
+
+
 def _chain_method(num_chains):
     return "parallel" if jax.local_device_count() >= num_chains > 1 else "sequential"
 
@@ -986,20 +1014,18 @@ def neutra_nuts(
         unconstrained, ``idata.sample_stats`` ``diverging``/``n_steps``/... and
         ``idata.attrs["mcmc_seconds"]`` the wall time.
     """
-    key = jr.key(1) if key is None else key
     neutra = NeuTraReparam(guide, params)
-    mcmc = MCMC(
-        NUTS(neutra.reparam(model), **(nuts_kwargs or {})),
+    mcmc, seconds = _run_nuts(
+        neutra.reparam(model),
+        args,
+        model_kwargs,
+        key=key,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
-        chain_method=_chain_method(num_chains),
         progress_bar=progress_bar,
+        nuts_kwargs=nuts_kwargs,
     )
-    start = time.perf_counter()
-    mcmc.run(key, *args, extra_fields=_extra_fields(), **model_kwargs)
-    jax.block_until_ready(mcmc.get_samples())
-    seconds = time.perf_counter() - start
     z = mcmc.get_samples(group_by_chain=True)[f"{guide.prefix}_shared_latent"]
     posterior = neutra.transform_sample(z)
     x = jax.vmap(jax.vmap(neutra.transform))(z)
@@ -1113,19 +1139,17 @@ def nuts_mcmc(
         >>> idata.unconstrained_posterior["s"].shape
         (1, 10)
     """
-    key = jr.key(1) if key is None else key
-    mcmc = MCMC(
-        NUTS(model, **(nuts_kwargs or {})),
+    mcmc, seconds = _run_nuts(
+        model,
+        args,
+        model_kwargs,
+        key=key,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
-        chain_method=_chain_method(num_chains),
         progress_bar=progress_bar,
+        nuts_kwargs=nuts_kwargs,
     )
-    start = time.perf_counter()
-    mcmc.run(key, *args, extra_fields=_extra_fields(), **model_kwargs)
-    jax.block_until_ready(mcmc.get_samples())
-    seconds = time.perf_counter() - start
     shapes = _latent_shapes(model, args, model_kwargs)
     posterior = {k: v for k, v in mcmc.get_samples(group_by_chain=True).items() if k in shapes}
     unconstrained = unconstrained_draws(model, posterior, *args, **model_kwargs)
