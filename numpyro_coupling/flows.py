@@ -135,15 +135,18 @@ class CouplingFlow(TransformedDistribution):
         return self.bijection.transform(x)
 
 
-def _permutation_layer(kind, key, d):
+def _permutation_layer(kind, key, d, dtype=None):
+    """The layer that mixes coordinates between couplings; ``None`` for ``"none"``."""
     if kind == "flip":
         return Flip((d,))
     if kind == "random":
         return Permute.random(key, d)
     if kind == "householder":
-        return HouseholderRotation(n_reflections=min(d, 2) if d > 1 else 1, shape=(d,), key=key)
+        return HouseholderRotation(n_reflections=2, shape=(d,), key=key, dtype=dtype)
     if kind == "lu":
-        return LULinear((d,), key=key)
+        return LULinear((d,), key=key, dtype=dtype)
+    if kind == "none":
+        return None
     raise ValueError(f"permutation must be one of {PERMUTATIONS}, got {kind!r}")
 
 
@@ -222,6 +225,7 @@ def coupling_flow(
                 **transformer_kwargs,
             )
         )
-        if permutation != "none":
-            layers.append(_permutation_layer(permutation, pk, d))
+        mix = _permutation_layer(permutation, pk, d, dtype)
+        if mix is not None:
+            layers.append(mix)
     return CouplingFlow(Chain(layers), base_dist)

@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from .bijection import Bijection, Chain
 from .coupling import Coupling
-from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute
+from .flows import _permutation_layer
+from .linear import ActNorm1D
 from .transformers import Additive, Affine, MixtureGaussianCDF, RQSpline, Transformer, soft_clamp
 
 __all__ = [
@@ -327,18 +328,6 @@ def bit_masks(dim: int, n_layers: int) -> np.ndarray:
     return np.stack(masks)
 
 
-def _mixing_layer(kind, key, d, dtype):
-    if kind == "random":
-        return Permute.random(key, d)
-    if kind == "flip":
-        return Flip((d,))
-    if kind == "householder":
-        return HouseholderRotation(n_reflections=2, shape=(d,), key=key, dtype=dtype)
-    if kind == "lu":
-        return LULinear((d,), key=key, dtype=dtype)
-    return None
-
-
 def guide_flow_layers(
     key,
     dim: int,
@@ -378,7 +367,7 @@ def guide_flow_layers(
     masks = bit_masks(dim, n_layers) if permutation == "bits" else [None] * n_layers
     for k, mask in zip(jr.split(key, n_layers), masks):
         ck, pk = jr.split(k)
-        mix = _mixing_layer(permutation, pk, dim, dtype)
+        mix = None if permutation == "bits" else _permutation_layer(permutation, pk, dim, dtype)
         if mix is not None:
             layers.append(mix)
         coupling = Coupling(
