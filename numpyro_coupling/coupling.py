@@ -100,12 +100,13 @@ class Coupling(Bijection):
         self.check_event(x)
         batch = self.batch_shape_of(x)
         flat = jnp.reshape(x, (*batch, -1))
-        params = self.transformer_params(_take(flat, self.passive_idx))
+        x_passive = _take(flat, self.passive_idx)
+        params = self.transformer_params(x_passive)
         out_b, log_det = elementwise(_take(flat, self.active_idx), params)
         if _contiguous(self.passive_idx) and _contiguous(self.active_idx):
             # Half masks: two slices and a concatenation instead of a gather and a
             # scatter (cheaper to compile and to differentiate).
-            parts = [_take(flat, self.passive_idx), out_b]
+            parts = [x_passive, out_b]
             out = jnp.concatenate(parts if self.passive_idx[0] == 0 else parts[::-1], -1)
         else:
             out = flat.at[..., np.asarray(self.active_idx)].set(out_b)

@@ -352,8 +352,8 @@ class MixtureGaussianCDF(Transformer):
     def _forward(self, x, params):
         log_w, means, log_scales = self.unpack(params)
         z = (x[..., None] - means) * jnp.exp(-log_scales)
-        log_cdf_k = log_w + _log_ndtr(z)
-        log_sf_k = log_w + _log_ndtr(-z)
+        log_cdf_z, log_sf_z = _log_ndtr(z), _log_ndtr(-z)
+        log_cdf_k, log_sf_k = log_w + log_cdf_z, log_w + log_sf_z
         log_cdf, log_sf = logsumexp(log_cdf_k, -1), logsumexp(log_sf_k, -1)
         # Work in the smaller tail (selected with ``where``: ``minimum`` would split the
         # gradient between two tied tails at the median, where it cancels to zero).
@@ -365,9 +365,10 @@ class MixtureGaussianCDF(Transformer):
         # Phi(q) equal to the tail mass, this is sum_k r_k h(z_k) / sigma_k / h(q), r_k the
         # components' shares of the tail mass: no y^2 / 2 terms left to cancel.
         tail_z = jnp.where(lower[..., None], z, -z)
-        tail_k = jnp.where(lower[..., None], log_cdf_k, log_sf_k)
-        log_h = _log_inverse_mills(tail_z, tail_k - log_w)
-        log_pdf_ratio = logsumexp(jax.nn.log_softmax(tail_k, -1) + log_h - log_scales, -1)
+        tail_log_phi = jnp.where(lower[..., None], log_cdf_z, log_sf_z)  # log Phi(tail_z)
+        log_share = jax.nn.log_softmax(log_w + tail_log_phi, -1)
+        log_h = _log_inverse_mills(tail_z, tail_log_phi)
+        log_pdf_ratio = logsumexp(log_share + log_h - log_scales, -1)
         return y, log_pdf_ratio - _log_inverse_mills(q, log_tail)
 
     def forward(self, x, params):
