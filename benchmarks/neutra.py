@@ -1,7 +1,9 @@
 """NeuTra benchmark: plain NUTS, NumPyro's flow guides and AutoCouplingFlow, side by side.
 
 Protocol (one process, same budget for every method): SVI with ``Trace_ELBO`` and Adam
-(3e-3) for ``--svi-steps`` steps (10,000), then ``NeuTraReparam`` + NUTS, 1000 warmup +
+(3e-3) for ``--svi-steps`` steps (10,000) through ``fit_guide`` (every guide alike: a
+cosine decay of the step to a tenth and gradient clipping at norm 10 by default,
+``--schedule constant --clip-norm 0`` for plain Adam), then ``NeuTraReparam`` + NUTS, 1000 warmup +
 1000 draws, one chain. Reported per target and method:
 
 * SVI loss: a 20,000-particle estimate of the negative ELBO at the final parameters
@@ -42,6 +44,7 @@ from numpyro_coupling.demo import format_table
 from numpyro_coupling.infer import (
     AutoCouplingFlow,
     fit_guide,
+    guide_optimizer,
     neutra_nuts,
     nuts_mcmc,
     sampling_efficiency,
@@ -96,6 +99,7 @@ def run_method(target, method, args, pilot, key):
     model = TARGETS[target]
     label, make_guide = METHODS[method]
     row = {"target": target, "method": label}
+    row["schedule"] = "-" if make_guide is None else _schedule_label(args)
     k_svi, k_mcmc, k_loss = jr.split(key, 3)
     mcmc_kw = {
         "num_warmup": args.num_warmup,
@@ -115,13 +119,19 @@ def run_method(target, method, args, pilot, key):
             svi_steps=args.svi_steps,
             learning_rate=args.learning_rate,
             average=args.average,
+            schedule=args.schedule,
+            clip_norm=args.clip_norm or None,
             key=k_svi,
             progress_bar=args.progress,
             return_last=True,
         )
         row["svi_seconds"] = time.perf_counter() - start
         row["steps_to_threshold"] = _steps_to(losses, LOSS_THRESHOLDS[target])
-        svi = SVI(model, guide, numpyro.optim.Adam(args.learning_rate), Trace_ELBO())
+        clip = args.clip_norm or None
+        optim = guide_optimizer(
+            args.learning_rate, args.svi_steps, schedule=args.schedule, clip_norm=clip
+        )
+        svi = SVI(model, guide, optim, Trace_ELBO())
         row["svi_ms_per_step"] = 1e3 * _step_seconds(svi, svi.init(k_svi))
         row["n_params"] = _n_params(params)
         elbo = Trace_ELBO(num_particles=args.loss_particles)
@@ -132,6 +142,11 @@ def run_method(target, method, args, pilot, key):
     if target == "dualmoon":
         row["right_mode"], row["mode_switches"] = _mode_stats(idata)
     return row
+
+
+def _schedule_label(args):
+    clip = f", clip {args.clip_norm:g}" if args.clip_norm else ""
+    return f"{args.schedule}{clip}"
 
 
 #: Loss levels for the "steps to reach" column (about the best peer's final loss).
@@ -237,6 +252,7 @@ def _matching_width(model, target_params):
 COLUMNS = [
     ("target", "target", "{}"),
     ("method", "method", "{}"),
+    ("schedule", "Adam step", "{}"),
     ("svi_loss", "SVI loss", "{:.3f}"),
     ("svi_loss_last", "last iterate", "{:.3f}"),
     ("steps_to_threshold", "steps to level", "{:d}"),
@@ -273,6 +289,8 @@ def main(argv=None):
         default=0.1,
         help="parameter averaging of fit_guide for every guide (0: last iterate)",
     )
+    parser.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
+    parser.add_argument("--clip-norm", type=float, default=10.0, help="0: no clipping")
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--pilot", type=int, default=500, help="pilot NUTS warmup = draws")
@@ -312,7 +330,8 @@ def main(argv=None):
         for m_index, method in enumerate(methods):
             row = run_method(target, method, args, pilot, jr.fold_in(key, m_index))
             rows.append(row)
-            saved["rows"][f"{target}|{method}"] = row | {"command": " ".join(argv or [])}
+            row_key = f"{target}|{method}|{row['schedule']}"
+            saved["rows"][row_key] = row | {"command": " ".join(argv or [])}
             store.parent.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(saved, indent=1))
             print(format_table([row], COLUMNS).splitlines()[-1], flush=True)
@@ -328,7 +347,7 @@ def main(argv=None):
     t_order = {t: i for i, t in enumerate(TARGETS)}
     all_rows = sorted(
         saved["rows"].items(),
-        key=lambda kv: (t_order[kv[0].split("|")[0]], order[kv[0].split("|")[1]]),
+        key=lambda kv: (t_order[kv[0].split("|")[0]], order[kv[0].split("|")[1]], kv[0]),
     )
     all_scaling = sorted(saved["scaling"].values(), key=lambda r: (r["dim"], r["guide"]))
 
@@ -342,7 +361,9 @@ def main(argv=None):
         "",
         f"Machine: {platform.machine()}, {jax.device_count()} JAX device(s) "
         f"({jax.devices()[0].platform}), jax {jax.__version__}, numpyro {numpyro.__version__}. "
-        f"SVI {args.svi_steps} steps (Adam {args.learning_rate}, Trace_ELBO); NUTS "
+        f"SVI {args.svi_steps} steps (Adam, peak step {args.learning_rate}, Trace_ELBO; "
+        "the `Adam step` column: constant or cosine decay to a tenth, and the gradient "
+        "clipping); NUTS "
         f"{args.num_warmup} warmup + {args.num_samples} draws, one chain. SVI loss: "
         f"{args.loss_particles}-particle estimate of the negative ELBO (funnel: KL in nats).",
         "",
