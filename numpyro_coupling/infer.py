@@ -108,6 +108,8 @@ class AffineRQSpline(Transformer):
         (0.5015, 1.0)
     """
 
+    log_scale_index = 1
+
     def __init__(self, n_bins: int = 8, interval: float = 4.0, log_scale_bound: float = 6.0):
         self.spline = RQSpline(n_bins, interval)
         self.log_scale_bound = float(log_scale_bound)
@@ -343,10 +345,6 @@ _RAVEL_MAX = 1 << 20
 #: The linear path reads ``soft_clamp(x, _LINEAR_REACH * bound)``.
 _LINEAR_REACH = 4.0
 
-#: Position of the log-scale among a transformer's raw parameters (linear path target).
-_SCALE_INDEX = {"affine": 1, "spline": 1}
-
-
 #: The guides' default soft bound on a coupling's log-scale: wide, since a funnel's neck
 #: needs one coupling to shrink a coordinate by ``exp(-7)`` and more (the conditioner's
 #: saturated inputs already keep the network part bounded).
@@ -462,7 +460,7 @@ def guide_flow_layers(
             coupling.conditioner,
             n_params=t.n_params,
             bound=input_bound,
-            scale_index=_SCALE_INDEX.get(transformer),
+            scale_index=t.log_scale_index,
             linear_rank=linear_rank,
             key=jr.fold_in(ck, 1),
         )

@@ -124,6 +124,10 @@ def _log_ndtri_jvp(primals, tangents):
 class Transformer:
     """Interface shared by every elementwise transformer (see the module docstring)."""
 
+    #: Position of the raw log-scale among a coordinate's parameters, for transformers
+    #: that have one (``None`` otherwise).
+    log_scale_index: int | None = None
+
     @property
     def n_params(self) -> int:
         raise NotImplementedError
@@ -162,6 +166,7 @@ class Affine(Transformer):
     """
 
     log_scale_bound: float = 5.0
+    log_scale_index = 1  # a class constant, not a field
 
     def __post_init__(self):
         _check_positive("log_scale_bound", self.log_scale_bound)
