@@ -101,6 +101,7 @@ def run_method(target, method, args, pilot, key):
     row = {"target": target, "method": label}
     row["schedule"] = "-" if make_guide is None else _schedule_label(args)
     k_svi, k_mcmc, k_loss = jr.split(key, 3)
+    clip_norm = args.clip_norm or None
     mcmc_kw = {
         "num_warmup": args.num_warmup,
         "num_samples": args.num_samples,
@@ -120,16 +121,15 @@ def run_method(target, method, args, pilot, key):
             learning_rate=args.learning_rate,
             average=args.average,
             schedule=args.schedule,
-            clip_norm=args.clip_norm or None,
+            clip_norm=clip_norm,
             key=k_svi,
             progress_bar=args.progress,
             return_last=True,
         )
         row["svi_seconds"] = time.perf_counter() - start
         row["steps_to_threshold"] = _steps_to(losses, LOSS_THRESHOLDS[target])
-        clip = args.clip_norm or None
         optim = guide_optimizer(
-            args.learning_rate, args.svi_steps, schedule=args.schedule, clip_norm=clip
+            args.learning_rate, args.svi_steps, schedule=args.schedule, clip_norm=clip_norm
         )
         svi = SVI(model, guide, optim, Trace_ELBO())
         row["svi_ms_per_step"] = 1e3 * _step_seconds(svi, svi.init(k_svi))

@@ -203,29 +203,24 @@ def test_guide_conditioner_linear_path_reaches_only_the_log_scales():
     x = jr.normal(jr.key(2), (6, 3))
     np.testing.assert_array_equal(cond(x), net(5 * jnp.tanh(x / 5)))  # lift starts at 0
     lift = jr.normal(jr.key(3), cond.lift.shape)
-    cond = eqx_set(cond, "lift", lift)
-    kernel = jr.normal(jr.key(4), net.weights[-1].shape)
-    cond = eqx.tree_at(lambda c: c.net.weights[-1], cond, kernel)  # a trained-looking net
-    path = (cond(x) - cond.net(5 * jnp.tanh(x / 5))).reshape(6, 4, 2)
-    np.testing.assert_array_equal(path[..., 0], 0.0)  # the shifts are the network's alone
+    kernel = jr.normal(jr.key(4), net.weights[-1].shape)  # a trained-looking network
+    cond = eqx.tree_at(lambda c: (c.lift, c.net.weights[-1]), cond, (lift, kernel))
+
+    def path(y):  # what the conditioner adds to its network, per [shift, log_scale]
+        return (cond(y) - cond.net(5 * jnp.tanh(y / 5))).reshape(6, 4, 2)
+
+    np.testing.assert_array_equal(path(x)[..., 0], 0.0)  # the shifts are the network's alone
     # The log-scales' path is linear well past the network's bound (to a few times it)...
     far = 3.5 * x / jnp.abs(x).max()  # the network reads 5 tanh(7 / 5) = 4.4 for 7
-    lin = (cond(2 * far) - cond.net(5 * jnp.tanh(2 * far / 5))).reshape(6, 4, 2)[..., 1]
-    near = (cond(far) - cond.net(5 * jnp.tanh(far / 5))).reshape(6, 4, 2)[..., 1]
-    np.testing.assert_allclose(lin, 2 * near, rtol=0.05, atol=1e-5)
+    np.testing.assert_allclose(path(2 * far)[..., 1], 2 * path(far)[..., 1], rtol=0.05, atol=1e-5)
     # ...and bounded beyond, so a wild draw cannot compound through the layers.
-    huge = (cond(1e6 * x) - cond.net(5 * jnp.tanh(1e6 * x / 5))).reshape(6, 4, 2)[..., 1]
     bound = 20 * jnp.abs(cond.proj).sum(0) @ jnp.abs(lift)
-    assert bool(jnp.all(jnp.abs(huge) <= bound + 1e-4))
+    assert bool(jnp.all(jnp.abs(path(1e6 * x)[..., 1]) <= bound + 1e-4))
     no_path = GuideConditioner(net, n_params=2, bound=None, scale_index=1, linear_rank=0)
     assert no_path.lift is None
     np.testing.assert_array_equal(no_path(x), net(x))
     with pytest.raises(ValueError, match="linear_rank"):
         GuideConditioner(net, n_params=2, scale_index=1, linear_rank=-1)
-
-
-def eqx_set(module, name, value):
-    return eqx.tree_at(lambda m: getattr(m, name), module, value)
 
 
 def test_guide_follows_the_funnel_scale_into_the_neck():
