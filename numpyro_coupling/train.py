@@ -181,12 +181,52 @@ class NonFiniteLossError(FloatingPointError):
 # --------------------------------------------------------------------------------------
 
 
-def _optimizer(learning_rate, total_steps, clip_norm):
+class _AverageState(NamedTuple):
+    count: jax.Array
+    mean: Any
+
+
+def _moving_average(decay):
+    """Last link of the optimiser: an exponential moving average of the updated parameters.
+
+    The updates pass through unchanged; the state keeps ``sum_t decay^(n-t) (1 - decay)
+    params_t``, debiased by :func:`_averaged_params`. Kept in the optimiser state, so it
+    is saved and resumed with it.
+    """
+
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return _AverageState(jnp.zeros((), jnp.int32), zeros)
+
+    def update(updates, state, params):
+        new = optax.apply_updates(params, updates)
+        mean = jax.tree.map(lambda m, p: decay * m + (1 - decay) * p, state.mean, new)
+        return updates, _AverageState(state.count + 1, mean)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _averaged_params(opt_state, params, decay):
+    """The debiased moving average kept by :func:`_moving_average` (``params`` if none yet)."""
+    state = opt_state[-1]
+    if int(state.count) == 0:
+        return params
+    norm = 1 - decay ** int(state.count)
+    return jax.tree.map(lambda m, p: (m / norm).astype(p.dtype), state.mean, params)
+
+
+def _optimizer(learning_rate, total_steps, clip_norm, weight_decay=0.0, ema_decay=None):
     schedule = optax.cosine_onecycle_schedule(total_steps, learning_rate)
-    adam = optax.adam(schedule)
-    if clip_norm is None:
-        return adam
-    return optax.chain(optax.clip_by_global_norm(clip_norm), adam)
+    # Decoupled decay (AdamW): each step shrinks the parameters by lr * weight_decay.
+    if weight_decay:
+        adam = optax.adamw(schedule, weight_decay=weight_decay)
+    else:
+        adam = optax.adam(schedule)
+    links = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
+    links.append(adam)
+    if ema_decay is not None:
+        links.append(_moving_average(ema_decay))
+    return links[0] if len(links) == 1 else optax.chain(*links)
 
 
 def _mean_nll(params, static, x):
@@ -211,8 +251,9 @@ def _run_chunk(params, static, opt_state, data, key, start, n_active, hyper):
     is not applied, and the steps after it are skipped: the carried parameters stay the
     last finite ones.
     """
-    chunk_len, batch_size, learning_rate, total_steps, clip_norm, batch_sharding = hyper
-    optimizer = _optimizer(learning_rate, total_steps, clip_norm)
+    # hyper = (chunk_len, batch_size, <the arguments of _optimizer>, batch_sharding)
+    chunk_len, batch_size, *optimizer_settings, batch_sharding = hyper
+    optimizer = _optimizer(*optimizer_settings)
     n = data.shape[0]
 
     def body(carry, i):
@@ -268,6 +309,8 @@ def fit(
     batch_size: int = 512,
     learning_rate: float = 3e-3,
     clip_norm: float | None = 1.0,
+    weight_decay: float = 0.0,
+    ema_decay: float | None = None,
     validation=None,
     patience: int | None = None,
     chunk_size: int = 100,
@@ -292,6 +335,13 @@ def fit(
         batch_size: rows per step (divisible by the device count when ``mesh`` is set).
         learning_rate: peak learning rate of the one-cycle schedule.
         clip_norm: global gradient-norm clip (``None`` disables it).
+        weight_decay: decoupled weight decay (AdamW): every step shrinks all trainable
+            leaves by ``lr * weight_decay``. A small flow fitted to a few thousand points
+            overfits less with it (e.g. 0.3 on two-moons; see ``benchmarks/density.py``).
+        ema_decay: if set (in ``(0, 1)``, e.g. 0.998), the returned flow (and the one
+            validation scores) has the exponential moving average of the parameters over
+            the steps (Polyak averaging), debiased for its zero start, instead of the
+            last iterate.
         validation: held-out data ``(m, *event_shape)``, or a fraction in ``(0, 1)`` of
             ``data`` to hold out. With validation data the returned flow is the one with
             the lowest validation NLL seen (checked at step 0 and after every chunk).
@@ -349,6 +399,10 @@ def fit(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"need batch_size, chunk_size >= 1, got {batch_size}, {chunk_size}")
+    if not (np.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
     if patience is not None and validation is None:
         raise ValueError("patience needs validation data (validation=fraction or array)")
     stop = steps if stop_at is None else int(stop_at)
@@ -390,7 +444,8 @@ def fit(
 
     # ---- state -------------------------------------------------------------------------
     if resume is None:
-        opt_state = _optimizer(learning_rate, steps, clip_norm).init(params)
+        optimizer = _optimizer(learning_rate, steps, clip_norm, weight_decay, ema_decay)
+        opt_state = optimizer.init(params)
         step, losses, val_losses = 0, [], []
         best_params, best_val, since_best = None, np.inf, 0
         if val_x is not None:
@@ -423,7 +478,20 @@ def fit(
     # Equal chunks covering what is left, so one compilation serves the whole run.
     n_chunks = -(-(stop - step) // chunk_size)
     chunk_len = -(-(stop - step) // n_chunks) if n_chunks else chunk_size
-    hyper = (chunk_len, batch_size, float(learning_rate), steps, clip_norm, batch_sharding)
+    hyper = (
+        chunk_len,
+        batch_size,
+        float(learning_rate),
+        steps,
+        clip_norm,
+        float(weight_decay),
+        None if ema_decay is None else float(ema_decay),
+        batch_sharding,
+    )
+
+    def current(params, opt_state):
+        """The parameters a fit stands for now: the last iterate, or their average."""
+        return params if ema_decay is None else _averaged_params(opt_state, params, ema_decay)
 
     bar = tqdm(total=steps, initial=step, disable=not progress_bar, desc="fit", leave=True)
     try:
@@ -460,10 +528,11 @@ def fit(
             step += n_active
             postfix = {"loss": f"{chunk_losses[-1]:.4f}"}
             if val_x is not None:
-                v = float(_eval_nll(params, static, val_x))
+                candidate = current(params, opt_state)
+                v = float(_eval_nll(candidate, static, val_x))
                 val_losses.append(v)
                 if v < best_val:
-                    best_val, best_params, since_best = v, params, 0
+                    best_val, best_params, since_best = v, candidate, 0
                 else:
                     since_best += 1
                 postfix["val"] = f"{v:.4f}"
@@ -475,7 +544,7 @@ def fit(
         bar.close()
 
     state = make_state()
-    final = best_params if best_params is not None else params
+    final = best_params if best_params is not None else current(params, opt_state)
     fitted = eqx.combine(final, static)
     if return_state:
         return fitted, state.losses, state
