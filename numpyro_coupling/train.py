@@ -130,7 +130,8 @@ class FitState(NamedTuple):
 
     Attributes:
         params: the trainable leaves (``partition_flow(flow)[0]`` structure) at ``step``.
-        opt_state: the optimiser state (holds the schedule's step count).
+        opt_state: the optimiser state (holds the schedule's step count, and with
+            ``ema_decay`` the moving average of the parameters).
         step: number of optimisation steps taken.
         total_steps: length of the learning-rate schedule (the ``steps`` of the run).
         key: the run's base PRNG key; step ``t`` draws its minibatch from
