@@ -122,6 +122,7 @@ def run_method(target, method, args, pilot, key):
             average=args.average,
             schedule=args.schedule,
             clip_norm=clip_norm,
+            temper=args.temper or None,
             key=k_svi,
             progress_bar=args.progress,
             return_last=True,
@@ -146,7 +147,8 @@ def run_method(target, method, args, pilot, key):
 
 def _schedule_label(args):
     clip = f", clip {args.clip_norm:g}" if args.clip_norm else ""
-    return f"{args.schedule}{clip}"
+    temper = ", tempered " + "/".join(f"{b:g}" for b in args.temper) if args.temper else ""
+    return f"{args.schedule}{clip}{temper}"
 
 
 #: Loss levels for the "steps to reach" column (about the best peer's final loss).
@@ -291,6 +293,12 @@ def main(argv=None):
     )
     parser.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
     parser.add_argument("--clip-norm", type=float, default=10.0, help="0: no clipping")
+    parser.add_argument(
+        "--temper",
+        type=lambda text: [float(b) for b in text.split(",") if b],
+        default=[],
+        help="inverse temperatures of fit_guide's warm-up phases, e.g. 0.1,0.3,0.6",
+    )
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--pilot", type=int, default=500, help="pilot NUTS warmup = draws")

@@ -38,6 +38,7 @@ def compare_samplers(
     guide_kwargs: dict | None = None,
     svi_steps: int = 5000,
     learning_rate: float = 3e-3,
+    temper=None,
     num_warmup: int = 500,
     num_samples: int = 500,
     seed: int = 0,
@@ -52,6 +53,8 @@ def compare_samplers(
         guide_kwargs: :class:`~numpyro_coupling.infer.AutoCouplingFlow` options.
         svi_steps: SVI steps (Adam, ``Trace_ELBO``).
         learning_rate: Adam step size.
+        temper: inverse temperatures of the SVI warm-up phases (see
+            :func:`~numpyro_coupling.infer.fit_guide`).
         num_warmup: NUTS warmup iterations (both samplers).
         num_samples: NUTS draws (both samplers).
         seed: base seed.
@@ -82,6 +85,7 @@ def compare_samplers(
         guide=AutoCouplingFlow(model, **(guide_kwargs or {})),
         svi_steps=svi_steps,
         learning_rate=learning_rate,
+        temper=temper,
         key=key_svi,
         progress_bar=progress_bar,
         **model_kwargs,
@@ -247,7 +251,9 @@ def plot_comparison(
     return fig
 
 
-def add_budget_arguments(parser, *, svi_steps, num_warmup, num_samples, transformer="affine"):
+def add_budget_arguments(
+    parser, *, svi_steps, num_warmup, num_samples, transformer="affine", temper=None
+):
     """The command-line options shared by the demo and the NeuTra examples."""
     parser.add_argument("--out", default="out", help="directory for the figures (default out/)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test)")
@@ -267,6 +273,14 @@ def add_budget_arguments(parser, *, svi_steps, num_warmup, num_samples, transfor
         help=f"coupling transformer of the guide (default {transformer})",
     )
     parser.add_argument("--n-layers", type=int, default=None, help="coupling layers")
+    default = ",".join(f"{b:g}" for b in temper or ())
+    parser.add_argument(
+        "--temper",
+        type=lambda text: [float(b) for b in text.split(",") if b],
+        default=list(temper or ()),
+        help="inverse temperatures of the SVI warm-up phases, e.g. 0.1,0.3,0.6 "
+        f"('' for none; default {default or 'none'})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(_budget=(svi_steps, num_warmup, num_samples))
@@ -284,6 +298,7 @@ def budgets(args) -> dict:
     return {
         "guide_kwargs": guide_kwargs,
         "svi_steps": args.svi_steps or (200 if quick else svi_steps),
+        "temper": args.temper or None,
         "num_warmup": args.num_warmup or (100 if quick else num_warmup),
         "num_samples": args.num_samples or (100 if quick else num_samples),
         "seed": args.seed,

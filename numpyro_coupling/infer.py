@@ -1036,6 +1036,7 @@ def fit_guide(
     average: float | None = 0.1,
     schedule: str = "cosine",
     clip_norm: float | None = 10.0,
+    temper=None,
     key=None,
     progress_bar: bool = True,
     return_last: bool = False,
@@ -1050,6 +1051,11 @@ def fit_guide(
     ``average`` fraction of the run (Polyak averaging, bias-corrected) removes most of it
     at no extra gradient cost. The loss curve is that of the raw iterates.
 
+    A reverse-KL fit of a multimodal posterior usually settles on one mode. ``temper``
+    first fits the guide to flattened targets ``p(x)^beta`` (``numpyro.handlers.scale``),
+    on which it spreads over every mode, and then sharpens them: with the inverse
+    temperatures ``(0.1, 0.3, 0.6)`` a spline guide keeps both modes of the dual moon.
+
     Args:
         model: the NumPyro model.
         *args: model arguments.
@@ -1062,6 +1068,10 @@ def fit_guide(
         schedule: ``"cosine"`` (decay to a tenth) or ``"constant"``: see
             :func:`guide_optimizer`.
         clip_norm: global gradient-norm cap (``None``: none).
+        temper: inverse temperatures in ``(0, 1)`` of warm-up phases, e.g.
+            ``(0.1, 0.3, 0.6)``; ``None``: none. The ``svi_steps`` are split equally
+            between the phases and the final fit at ``beta = 1`` (each phase has its own
+            learning-rate schedule; only the final fit is averaged).
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show a progress bar.
         return_last: also return the last iterate's parameters.
@@ -1069,8 +1079,8 @@ def fit_guide(
 
     Returns:
         ``(guide, params, losses)``: the guide, its fitted (constrained) parameters and
-        the ``(svi_steps,)`` loss curve (negative ELBO); with ``return_last``, the last
-        iterate's parameters follow.
+        the ``(svi_steps,)`` loss curve (negative ELBO; in the ``temper`` phases, of the
+        tempered target); with ``return_last``, the last iterate's parameters follow.
 
     Example:
         >>> import jax.random as jr, numpyro, numpyro.distributions as dist
@@ -1092,12 +1102,49 @@ def fit_guide(
         raise ValueError(f"svi_steps must be >= 1, got {svi_steps}")
     if average is not None and not 0 <= average <= 1:
         raise ValueError(f"average must be a fraction in [0, 1] or None, got {average}")
+    betas = [float(b) for b in (temper or ())]
+    if not all(0.0 < b < 1.0 for b in betas):
+        raise ValueError(f"temper must hold inverse temperatures in (0, 1), got {temper!r}")
+    if svi_steps < len(betas) + 1:
+        raise ValueError(f"svi_steps={svi_steps} is fewer than the {len(betas) + 1} phases")
     key = jr.key(0) if key is None else key
-    optim = guide_optimizer(learning_rate, svi_steps, schedule=schedule, clip_norm=clip_norm)
+    phase_steps = svi_steps // (len(betas) + 1)
+    init_params, losses = None, []
+    with tqdm(total=svi_steps, disable=not progress_bar, desc="SVI") as bar:
+        for i, beta in enumerate(betas):
+            tempered = handlers.scale(model, scale=beta)
+            svi, state, _, phase_losses = _svi_phase(
+                tempered, guide, args, model_kwargs, jr.fold_in(key, i + 1), phase_steps,
+                learning_rate, schedule, clip_norm, None, init_params, bar,
+            )  # fmt: skip
+            init_params = svi.get_params(state)
+            losses.append(phase_losses)
+        final_steps = svi_steps - phase_steps * len(betas)
+        svi, state, avg, final_losses = _svi_phase(
+            model, guide, args, model_kwargs, key, final_steps,
+            learning_rate, schedule, clip_norm, average, init_params, bar,
+        )  # fmt: skip
+        losses.append(final_losses)
+    last = svi.get_params(state)
+    params = svi.constrain_fn(avg) if average else last
+    if return_last:
+        return guide, params, np.concatenate(losses), last
+    return guide, params, np.concatenate(losses)
+
+
+def _svi_phase(
+    model, guide, args, model_kwargs, key, steps, learning_rate, schedule, clip_norm,
+    average, init_params, bar,
+):  # fmt: skip
+    """``steps`` SVI steps from ``init_params`` (constrained; ``None``: the guide's own).
+
+    Returns ``(svi, state, averaged unconstrained params, losses)``.
+    """
+    optim = guide_optimizer(learning_rate, steps, schedule=schedule, clip_norm=clip_norm)
     svi = SVI(model, guide, optim, Trace_ELBO())
-    state = svi.init(key, *args, **model_kwargs)
+    state = svi.init(key, *args, init_params=init_params, **model_kwargs)
     raw = svi.optim.get_params(state.optim_state)
-    decay = 1.0 - 1.0 / max(average * svi_steps, 1.0) if average else 0.0
+    decay = 1.0 - 1.0 / max(average * steps, 1.0) if average else 0.0
 
     def step(carry, _):
         state, avg, weight = carry
@@ -1112,24 +1159,19 @@ def fit_guide(
     def run_chunk(carry, length):
         return jax.lax.scan(step, carry, None, length=length)
 
-    chunk = max(min(svi_steps // 50, 500), 1) if progress_bar else svi_steps
+    chunk = max(min(bar.total // 50, 500), 1) if not bar.disable else steps
     carry = (state, raw, jnp.zeros((), jnp.result_type(float)))
     losses = []
     done = 0
-    with tqdm(total=svi_steps, disable=not progress_bar, desc="SVI") as bar:
-        while done < svi_steps:
-            n = min(chunk, svi_steps - done)
-            carry, chunk_losses = run_chunk(carry, n)
-            losses.append(np.asarray(chunk_losses))
-            done += n
-            bar.set_postfix(loss=f"{float(np.mean(losses[-1])):.3f}")
-            bar.update(n)
+    while done < steps:
+        n = min(chunk, steps - done)
+        carry, chunk_losses = run_chunk(carry, n)
+        losses.append(np.asarray(chunk_losses))
+        done += n
+        bar.set_postfix(loss=f"{float(np.mean(losses[-1])):.3f}")
+        bar.update(n)
     state, avg, _ = carry
-    last = svi.get_params(state)
-    params = svi.constrain_fn(avg) if average else last
-    if return_last:
-        return guide, params, np.concatenate(losses), last
-    return guide, params, np.concatenate(losses)
+    return svi, state, avg, np.concatenate(losses)
 
 
 def neutra_nuts(
@@ -1195,6 +1237,7 @@ def neutra_mcmc(
     svi_steps: int = 10_000,
     learning_rate: float = 3e-3,
     average: float | None = 0.1,
+    temper=None,
     num_warmup: int = 1000,
     num_samples: int = 1000,
     num_chains: int = 1,
@@ -1212,6 +1255,8 @@ def neutra_mcmc(
         svi_steps: SVI steps (``Trace_ELBO``, Adam).
         learning_rate: (peak) Adam step size.
         average: parameter averaging of :func:`fit_guide`.
+        temper: tempered warm-up phases of :func:`fit_guide` (for multimodal
+            posteriors).
         num_warmup: NUTS warmup iterations per chain.
         num_samples: NUTS draws per chain.
         num_chains: chains.
@@ -1247,6 +1292,7 @@ def neutra_mcmc(
         svi_steps=svi_steps,
         learning_rate=learning_rate,
         average=average,
+        temper=temper,
         key=svi_key,
         progress_bar=progress_bar,
         **model_kwargs,

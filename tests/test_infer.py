@@ -173,6 +173,30 @@ def test_fit_guide_accepts_kwargs_and_instances():
         fit_guide(gaussian_2d, guide="spline", svi_steps=1, progress_bar=False)
 
 
+def two_modes():
+    # Modes at x0 = -2.5 and 2.5 of equal mass, 10 standard deviations apart.
+    x = numpyro.sample("x", dist.Normal(0.0, 4.0).expand([2]).to_event(1))
+    modes = -0.5 * ((x[0] + jnp.array([-2.5, 2.5])) / 0.5) ** 2
+    numpyro.factor("modes", jax.scipy.special.logsumexp(modes) - 0.5 * x[1] ** 2)
+
+
+def test_tempering_keeps_both_modes():
+    guide = {"transformer": "spline", "n_layers": 2, "nn_width": 8}
+    kw = dict(guide=guide, svi_steps=1500, key=jr.key(1), progress_bar=False)
+
+    def right_mode_share(temper):
+        g, params, losses = fit_guide(two_modes, temper=temper, **kw)
+        assert losses.shape == (1500,)
+        draws = g.sample_posterior(jr.key(9), params, sample_shape=(4000,))["x"]
+        return float((draws[:, 0] > 0).mean())
+
+    assert right_mode_share(None) > 0.95  # the plain reverse-KL fit settles on one mode
+    assert 0.3 < right_mode_share((0.1, 0.3)) < 0.7
+    for bad in ((0.5, 1.0), (0.0,), (-0.2,)):
+        with pytest.raises(ValueError, match="temper"):
+            fit_guide(two_modes, temper=bad, **kw)
+
+
 def test_get_transform_is_one_pass_with_memo():
     guide = AutoCouplingFlow(gaussian_2d, n_layers=2, nn_width=4)
     params = fit(gaussian_2d, guide, 3, 1e-2)
