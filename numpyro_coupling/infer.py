@@ -1109,21 +1109,27 @@ def fit_guide(
         raise ValueError(f"svi_steps={svi_steps} is fewer than the {len(betas) + 1} phases")
     key = jr.key(0) if key is None else key
     phase_steps = svi_steps // (len(betas) + 1)
+    final_steps = svi_steps - phase_steps * len(betas)
+
+    def start(target, steps, phase_key, init_params):
+        optim = guide_optimizer(learning_rate, steps, schedule=schedule, clip_norm=clip_norm)
+        svi = SVI(target, guide, optim, Trace_ELBO())
+        return svi, svi.init(phase_key, *args, init_params=init_params, **model_kwargs)
+
     init_params, losses = None, []
     with tqdm(total=svi_steps, disable=not progress_bar, desc="SVI") as bar:
         for i, beta in enumerate(betas):
-            tempered = handlers.scale(model, scale=beta)
-            svi, state, _, phase_losses = _svi_phase(
-                tempered, guide, args, model_kwargs, jr.fold_in(key, i + 1), phase_steps,
-                learning_rate, schedule, clip_norm, None, init_params, bar,
-            )  # fmt: skip
+            target = handlers.scale(model, scale=beta)
+            svi, state = start(target, phase_steps, jr.fold_in(key, i + 1), init_params)
+            state, _, phase_losses = _run_svi(
+                svi, state, phase_steps, None, bar, args, model_kwargs
+            )
             init_params = svi.get_params(state)
             losses.append(phase_losses)
-        final_steps = svi_steps - phase_steps * len(betas)
-        svi, state, avg, final_losses = _svi_phase(
-            model, guide, args, model_kwargs, key, final_steps,
-            learning_rate, schedule, clip_norm, average, init_params, bar,
-        )  # fmt: skip
+        svi, state = start(model, final_steps, key, init_params)
+        state, avg, final_losses = _run_svi(
+            svi, state, final_steps, average, bar, args, model_kwargs
+        )
         losses.append(final_losses)
     last = svi.get_params(state)
     params = svi.constrain_fn(avg) if average else last
@@ -1132,17 +1138,13 @@ def fit_guide(
     return guide, params, np.concatenate(losses)
 
 
-def _svi_phase(
-    model, guide, args, model_kwargs, key, steps, learning_rate, schedule, clip_norm,
-    average, init_params, bar,
-):  # fmt: skip
-    """``steps`` SVI steps from ``init_params`` (constrained; ``None``: the guide's own).
+def _run_svi(svi, state, steps, average, bar, args, model_kwargs):
+    """``steps`` SVI steps from ``state``, in compiled chunks that advance ``bar``.
 
-    Returns ``(svi, state, averaged unconstrained params, losses)``.
+    Returns ``(state, avg, losses)``: ``avg`` the bias-corrected moving average of the
+    unconstrained parameters (time constant ``average * steps``; the last iterate when
+    ``average`` is falsy) and ``losses`` the ``(steps,)`` loss curve.
     """
-    optim = guide_optimizer(learning_rate, steps, schedule=schedule, clip_norm=clip_norm)
-    svi = SVI(model, guide, optim, Trace_ELBO())
-    state = svi.init(key, *args, init_params=init_params, **model_kwargs)
     raw = svi.optim.get_params(state.optim_state)
     decay = 1.0 - 1.0 / max(average * steps, 1.0) if average else 0.0
 
@@ -1171,7 +1173,7 @@ def _svi_phase(
         bar.set_postfix(loss=f"{float(np.mean(losses[-1])):.3f}")
         bar.update(n)
     state, avg, _ = carry
-    return svi, state, avg, np.concatenate(losses)
+    return state, avg, np.concatenate(losses)
 
 
 def neutra_nuts(
