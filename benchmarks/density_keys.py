@@ -19,6 +19,7 @@ import jax
 import jax.random as jr
 import numpy as np
 from density import DATASETS, ORACLE, RECIPES, load, mean_log_prob, ours
+from report import write_markdown
 
 from numpyro_coupling.train import fit
 
@@ -73,12 +74,8 @@ def main(argv=None):
                 + " | ".join(f"{v:.4f}" for v in lls)
                 + f" | {median:.4f} | {median - ORACLE[data_name]:+.4f} |"
             )
-    text = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "quick" if args.quick else "_".join(args.data)
-    (out / f"density_keys_{name}.md").write_text(text)
-    print(text)
+    write_markdown(lines, args.out, f"density_keys_{name}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS
+from report import write_markdown
 
 
 def standard_normal_latent():
@@ -76,11 +77,7 @@ def main(argv=None):
         + f" | {np.median(model):.4f} |",
         "| latent z | " + " | ".join(f"{r:.4f}" for r in latent) + f" | {np.median(latent):.4f} |",
     ]
-    text = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ("funnel_ceiling_quick.md" if args.quick else "funnel_ceiling.md")).write_text(text)
-    print(text)
+    write_markdown(lines, args.out, "funnel_ceiling_quick" if args.quick else "funnel_ceiling")
 
 
 if __name__ == "__main__":

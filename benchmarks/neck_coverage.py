@@ -29,6 +29,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 import neutra  # noqa: E402
+from report import write_markdown  # noqa: E402
 
 from numpyro_coupling.infer import (  # noqa: E402
     fit_guide,
@@ -128,11 +129,7 @@ def main(argv=None):
             guide_q = fmt(np.quantile(np.log(draws["tau"]), QUANTILES))
             lines.append(chain_row(label, seed, guide_q, idata))
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ("neck_coverage_quick.md" if args.quick else "neck_coverage.md")).write_text(text)
-    print(text)
+    write_markdown(lines, args.out, "neck_coverage_quick" if args.quick else "neck_coverage")
 
 
 if __name__ == "__main__":
