@@ -68,6 +68,7 @@ __all__ = [
     "neutra_nuts",
     "nuts_mcmc",
     "sampling_efficiency",
+    "temper_likelihood",
     "unconstrained_draws",
 ]
 
@@ -1052,9 +1053,12 @@ def fit_guide(
     at no extra gradient cost. The loss curve is that of the raw iterates.
 
     A reverse-KL fit of a multimodal posterior usually settles on one mode. ``temper``
-    first fits the guide to flattened targets ``p(x)^beta`` (``numpyro.handlers.scale``),
-    on which it spreads over every mode, and then sharpens them: with the inverse
-    temperatures ``(0.1, 0.3, 0.6)`` a spline guide keeps both modes of the dual moon.
+    first fits the guide to targets whose likelihood is flattened,
+    ``prior(x) * likelihood(x)^beta`` (:func:`temper_likelihood`: the observed sites and
+    ``numpyro.factor`` terms are scaled, the prior is not, so each tempered target stays
+    proper), on which it spreads over every mode, and then sharpens them: with the
+    inverse temperatures ``(0.1, 0.3, 0.6)`` a spline guide keeps both modes of the dual
+    moon.
 
     Args:
         model: the NumPyro model.
@@ -1069,7 +1073,8 @@ def fit_guide(
             :func:`guide_optimizer`.
         clip_norm: global gradient-norm cap (``None``: none).
         temper: inverse temperatures in ``(0, 1)`` of warm-up phases, e.g.
-            ``(0.1, 0.3, 0.6)``; ``None``: none. The ``svi_steps`` are split equally
+            ``(0.1, 0.3, 0.6)``; ``None``: none. Needs a model with observed sites or
+            factors (the likelihood). The ``svi_steps`` are split equally
             between the phases and the final fit at ``beta = 1`` (each phase has its own
             learning-rate schedule; only the final fit is averaged).
         key: PRNG key (default ``jax.random.key(0)``).
@@ -1107,6 +1112,11 @@ def fit_guide(
         raise ValueError(f"temper must hold inverse temperatures in (0, 1), got {temper!r}")
     if svi_steps < len(betas) + 1:
         raise ValueError(f"svi_steps={svi_steps} is fewer than the {len(betas) + 1} phases")
+    if betas and not _observed_sites(model, args, model_kwargs):
+        raise ValueError(
+            "temper flattens the likelihood, but the model has no observed sites or "
+            "factors: write the target's log density as a numpyro.factor"
+        )
     key = jr.key(0) if key is None else key
     phase_steps = svi_steps // (len(betas) + 1)
     final_steps = svi_steps - phase_steps * len(betas)
@@ -1119,7 +1129,7 @@ def fit_guide(
     init_params, losses = None, []
     with tqdm(total=svi_steps, disable=not progress_bar, desc="SVI") as bar:
         for i, beta in enumerate(betas):
-            target = handlers.scale(model, scale=beta)
+            target = temper_likelihood(model, beta)
             svi, state = start(target, phase_steps, jr.fold_in(key, i + 1), init_params)
             state, _, phase_losses = _run_svi(
                 svi, state, phase_steps, None, bar, args, model_kwargs
@@ -1136,6 +1146,44 @@ def fit_guide(
     if return_last:
         return guide, params, np.concatenate(losses), last
     return guide, params, np.concatenate(losses)
+
+
+class temper_likelihood(numpyro.primitives.Messenger):
+    """Scale the log density of a model's observed sites (and factors) by ``beta``.
+
+    ``prior(x) * likelihood(x)^beta``: unlike ``numpyro.handlers.scale``, which flattens
+    the prior too (and can make a proper one improper: a half-Cauchy to the power 0.1
+    has no normalising constant), the tempered target stays proper.
+
+    Args:
+        fn: the model.
+        beta: inverse temperature, ``> 0``.
+
+    Example:
+        >>> import numpyro, numpyro.distributions as dist
+        >>> from numpyro import handlers
+        >>> def model():
+        ...     x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     numpyro.sample("y", dist.Normal(x, 1.0), obs=1.0)
+        >>> sites = handlers.trace(handlers.seed(temper_likelihood(model, 0.5), 0)).get_trace()
+        >>> sites["x"]["scale"], sites["y"]["scale"]
+        (None, 0.5)
+    """
+
+    def __init__(self, fn=None, beta: float = 1.0):
+        if not beta > 0:
+            raise ValueError(f"beta must be positive, got {beta}")
+        self.beta = beta
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and msg["is_observed"]:
+            msg["scale"] = self.beta if msg.get("scale") is None else self.beta * msg["scale"]
+
+
+def _observed_sites(model, args, kwargs) -> list[str]:
+    trace = _prototype_trace(model, args, kwargs)
+    return [n for n, s in trace.items() if s["type"] == "sample" and s["is_observed"]]
 
 
 def _run_svi(svi, state, steps, average, bar, args, model_kwargs):

@@ -8,9 +8,17 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from numpyro import handlers
 from numpyro.infer import SVI, Trace_ELBO
 
-from numpyro_coupling.infer import AutoCouplingFlow, fit_guide, neutra_nuts, sampling_efficiency
+from numpyro_coupling.infer import (
+    AutoCouplingFlow,
+    fit_guide,
+    neutra_nuts,
+    sampling_efficiency,
+    temper_likelihood,
+)
+from numpyro_coupling.targets import eight_schools, funnel
 
 COV = jnp.array([[1.0, 0.9], [0.9, 1.0]])
 
@@ -195,6 +203,29 @@ def test_tempering_keeps_both_modes():
     for bad in ((0.5, 1.0), (0.0,), (-0.2,)):
         with pytest.raises(ValueError, match="temper"):
             fit_guide(two_modes, temper=bad, **kw)
+
+
+def test_tempering_flattens_the_likelihood_not_the_prior():
+    def log_joint(model):
+        trace = handlers.trace(handlers.seed(model, 0)).get_trace()
+        return {
+            n: site["fn"].log_prob(site["value"]).sum() * (site["scale"] or 1.0)
+            for n, site in trace.items()
+            if site["type"] == "sample"
+        }
+
+    plain = log_joint(handlers.substitute(eight_schools, data={"tau": 0.3}))
+    tempered = log_joint(
+        temper_likelihood(handlers.substitute(eight_schools, data={"tau": 0.3}), 0.25)
+    )
+    for name in ("mu", "tau", "theta"):  # the half-Cauchy prior stays proper
+        assert tempered[name] == plain[name]
+    np.testing.assert_allclose(tempered["y"], 0.25 * plain["y"], rtol=1e-6)
+    # A model without observed sites or factors has no likelihood to temper.
+    with pytest.raises(ValueError, match="observed"):
+        fit_guide(funnel, temper=(0.5,), svi_steps=4, progress_bar=False)
+    with pytest.raises(ValueError, match="beta"):
+        temper_likelihood(eight_schools, 0.0)
 
 
 def test_get_transform_is_one_pass_with_memo():
