@@ -51,7 +51,7 @@ from .bijection import Bijection, Chain
 from .coupling import Coupling
 from .flows import _permutation_layer
 from .linear import ActNorm1D
-from .transformers import Additive, Affine, MixtureGaussianCDF, RQSpline, Transformer, soft_clamp
+from .transformers import Additive, MixtureGaussianCDF, RQSpline, Transformer, soft_clamp
 
 __all__ = [
     "GUIDE_TRANSFORMERS",
@@ -60,6 +60,7 @@ __all__ = [
     "Elementwise",
     "GuideConditioner",
     "Invert",
+    "LocScale",
     "bit_masks",
     "fit_guide",
     "guide_flow_layers",
@@ -82,14 +83,67 @@ _PERMUTATIONS = ("bits", "random", "flip", "householder", "lu", "none")
 # --------------------------------------------------------------------------------------
 
 
-class AffineRQSpline(Transformer):
+class LocScale(Transformer):
+    """``y = (x - shift) * exp(-log_scale)``: an affine map written as a standardisation.
+
+    The family of :class:`~numpyro_coupling.Affine` (``x * exp(s) + t``), parameterised
+    so that a hierarchical dependency is simple for the conditioner: when, given the
+    context, ``x ~ N(m, exp(2 l))`` (eight schools' ``theta ~ N(mu, tau)``), the exact
+    map has ``shift = m`` and ``log_scale = l``, while ``x * exp(s) + t`` needs
+    ``t = -m exp(-l)``, a product that grows without bound in a funnel's neck.
+
+    Raw parameters: ``shift``, ``log_scale`` (soft-bounded by ``log_scale_bound``). Zero
+    raw parameters give the identity.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> t = LocScale()
+        >>> y, log_det = t.forward(jnp.array(3.0), jnp.array([1.0, jnp.log(2.0)]))
+        >>> round(float(y), 4), round(float(log_det), 4)
+        (1.0, -0.6931)
+    """
+
+    log_scale_index = 1
+
+    def __init__(self, log_scale_bound: float = 6.0):
+        self.log_scale_bound = float(log_scale_bound)
+
+    def _key(self):
+        return (self.log_scale_bound,)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash((type(self), *self._key()))
+
+    def __repr__(self):
+        return f"{type(self).__name__}(log_scale_bound={self.log_scale_bound})"
+
+    @property
+    def n_params(self) -> int:
+        return 2
+
+    def _shift_log_scale(self, params):
+        return params[..., 0], soft_clamp(params[..., 1], self.log_scale_bound)
+
+    def forward(self, x, params):
+        shift, log_scale = self._shift_log_scale(params)
+        return (x - shift) * jnp.exp(-log_scale), -log_scale
+
+    def inverse(self, y, params):
+        shift, log_scale = self._shift_log_scale(params)
+        return y * jnp.exp(log_scale) + shift, log_scale
+
+
+class AffineRQSpline(LocScale):
     """A conditional affine map followed by a rational-quadratic spline.
 
-    ``y = spline((x - shift) * exp(-log_scale))``: the affine part moves and rescales the
-    coordinate into the spline's interval, the spline reshapes it there. A plain spline
-    is the identity outside ``[-interval, interval]``, so on its own it cannot follow a
-    coordinate whose scale varies with the context (a funnel's neck and mouth); the
-    affine part can. Zero raw parameters give the identity.
+    ``y = spline((x - shift) * exp(-log_scale))``: the affine part (:class:`LocScale`)
+    moves and rescales the coordinate into the spline's interval, the spline reshapes it
+    there. A plain spline is the identity outside ``[-interval, interval]``, so on its own
+    it cannot follow a coordinate whose scale varies with the context (a funnel's neck and
+    mouth); the affine part can. Zero raw parameters give the identity.
 
     Raw parameters: ``shift``, ``log_scale`` (soft-bounded by ``log_scale_bound``), then
     the spline's ``3 * n_bins - 1``.
@@ -109,20 +163,12 @@ class AffineRQSpline(Transformer):
         (0.5015, 1.0)
     """
 
-    log_scale_index = 1
-
     def __init__(self, n_bins: int = 8, interval: float = 4.0, log_scale_bound: float = 6.0):
+        super().__init__(log_scale_bound)
         self.spline = RQSpline(n_bins, interval)
-        self.log_scale_bound = float(log_scale_bound)
 
-    def __eq__(self, other):
-        return type(other) is type(self) and (self.spline, self.log_scale_bound) == (
-            other.spline,
-            other.log_scale_bound,
-        )
-
-    def __hash__(self):
-        return hash((type(self), self.spline, self.log_scale_bound))
+    def _key(self):
+        return (self.spline, self.log_scale_bound)
 
     def __repr__(self):
         s = self.spline
@@ -135,19 +181,15 @@ class AffineRQSpline(Transformer):
     def n_params(self) -> int:
         return 2 + self.spline.n_params
 
-    def _shift_log_scale(self, params):
-        return params[..., 0], soft_clamp(params[..., 1], self.log_scale_bound)
-
     def forward(self, x, params):
-        shift, log_scale = self._shift_log_scale(params)
-        u = (x - shift) * jnp.exp(-log_scale)
-        y, log_det = self.spline.forward(u, params[..., 2:])
-        return y, log_det - log_scale
+        u, log_det = super().forward(x, params[..., :2])
+        y, spline_log_det = self.spline.forward(u, params[..., 2:])
+        return y, log_det + spline_log_det
 
     def inverse(self, y, params):
-        shift, log_scale = self._shift_log_scale(params)
-        u, log_det = self.spline.inverse(y, params[..., 2:])
-        return u * jnp.exp(log_scale) + shift, log_det + log_scale
+        u, spline_log_det = self.spline.inverse(y, params[..., 2:])
+        x, log_det = super().inverse(u, params[..., :2])
+        return x, log_det + spline_log_det
 
 
 class Invert(Bijection):
@@ -361,7 +403,7 @@ def _guide_transformer(name, transformer_kwargs) -> Transformer:
             log_scale_bound=kw.pop("log_scale_bound", _GUIDE_LOG_SCALE_BOUND),
         )
     elif name == "affine":
-        t = Affine(kw.pop("log_scale_bound", _GUIDE_LOG_SCALE_BOUND))
+        t = LocScale(kw.pop("log_scale_bound", _GUIDE_LOG_SCALE_BOUND))
     elif name == "additive":
         t = Additive()
     elif name == "mixture":
@@ -547,11 +589,12 @@ class AutoCouplingFlow(AutoContinuous):
 
     Args:
         model: a NumPyro model with continuous latent sites.
-        transformer: the coupling's elementwise map: ``"affine"`` (RealNVP: exact for
-            hierarchical scale/location dependencies, and the warped space stays smooth
-            for NUTS), ``"spline"`` (a conditional affine map followed by a
-            rational-quadratic spline, :class:`AffineRQSpline`: also reshapes, e.g. splits
-            mass between modes), ``"mixture"`` (Gaussian-mixture CDF; sampling needs its
+        transformer: the coupling's elementwise map: ``"affine"`` (:class:`LocScale`,
+            ``(x - shift) * exp(-log_scale)``: exact for hierarchical scale/location
+            dependencies, and the warped space stays smooth for NUTS), ``"spline"`` (a
+            conditional affine map followed by a rational-quadratic spline,
+            :class:`AffineRQSpline`: also reshapes, e.g. splits mass between modes),
+            ``"mixture"`` (Gaussian-mixture CDF; sampling needs its
             root-find inverse, so it is several times slower and slow to compile) or
             ``"additive"`` (NICE). Defaults to ``"affine"``, or ``"mixture"`` with
             ``warm_start``.

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import numpyro_coupling as nc
+from numpyro_coupling.infer import guide_flow_layers
 
 
 def randomize(bijection, key, scale):
@@ -43,7 +44,23 @@ def _chain(key, shape, dtype):
     )
 
 
-COUPLING_NAMES = ("affine", "additive", "spline", "spline_wide", "mixture", "affine_alternating")
+def _guide_coupling(transformer):
+    # The first coupling of AutoCouplingFlow's stack: its transformer and conditioner.
+    return lambda key, shape, dtype: guide_flow_layers(
+        key, shape[0], transformer=transformer, n_layers=1, nn_width=16, dtype=dtype
+    ).bijections[0]
+
+
+COUPLING_NAMES = (
+    "affine",
+    "additive",
+    "spline",
+    "spline_wide",
+    "mixture",
+    "affine_alternating",
+    "guide_affine",
+    "guide_spline",
+)
 
 REGISTRY = {
     "affine": _coupling(nc.AffineCoupling),
@@ -54,6 +71,8 @@ REGISTRY = {
     "affine_alternating": lambda key, shape, dtype: _coupling(
         nc.AffineCoupling, mask=nc.alternating_mask(shape)
     )(key, shape, dtype),
+    "guide_affine": _guide_coupling("affine"),
+    "guide_spline": _guide_coupling("spline"),
     "flip": lambda key, shape, dtype: nc.Flip(shape),
     "permute": lambda key, shape, dtype: nc.Permute.random(key, shape[0]),
     "householder": lambda key, shape, dtype: nc.HouseholderRotation(
