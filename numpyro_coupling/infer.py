@@ -98,9 +98,12 @@ class LocScale(Transformer):
     Example:
         >>> import jax.numpy as jnp
         >>> t = LocScale()
-        >>> y, log_det = t.forward(jnp.array(3.0), jnp.array([1.0, jnp.log(2.0)]))
-        >>> round(float(y), 4), round(float(log_det), 4)
-        (1.0, -0.6931)
+        >>> params = jnp.array([1.0, 0.5])  # shift 1, log-scale about 0.5 (soft-bounded)
+        >>> y, log_det = t.forward(jnp.array(3.0), params)
+        >>> round(float(t.inverse(y, params)[0]), 4), bool(log_det < 0)
+        (3.0, True)
+        >>> float(t.forward(jnp.array(3.0), jnp.zeros(2))[0])  # zero parameters: identity
+        3.0
     """
 
     log_scale_index = 1
