@@ -40,7 +40,7 @@ import numpyro.distributions as dist
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
 
-from numpyro_coupling.demo import format_table
+from numpyro_coupling.demo import comma_floats, format_table
 from numpyro_coupling.infer import (
     AutoCouplingFlow,
     fit_guide,
@@ -310,7 +310,7 @@ def main(argv=None):
     parser.add_argument("--clip-norm", type=float, default=10.0, help="0: no clipping")
     parser.add_argument(
         "--temper",
-        type=lambda text: [float(b) for b in text.split(",") if b],
+        type=comma_floats,
         default=[],
         help="inverse temperatures of fit_guide's warm-up phases, e.g. 0.1,0.3,0.6",
     )

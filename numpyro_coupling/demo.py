@@ -25,6 +25,7 @@ from .targets import funnel, funnel_draws
 __all__ = [
     "add_budget_arguments",
     "budgets",
+    "comma_floats",
     "compare_samplers",
     "format_table",
     "main",
@@ -251,6 +252,16 @@ def plot_comparison(
     return fig
 
 
+def comma_floats(text: str) -> list[float]:
+    """Parse a command-line list of numbers, ``"0.1,0.3,0.6"`` (``""``: none).
+
+    Example:
+        >>> comma_floats("0.1,0.3,0.6"), comma_floats("")
+        ([0.1, 0.3, 0.6], [])
+    """
+    return [float(b) for b in text.split(",") if b]
+
+
 def add_budget_arguments(
     parser, *, svi_steps, num_warmup, num_samples, transformer="affine", temper=None
 ):
@@ -276,7 +287,7 @@ def add_budget_arguments(
     default = ",".join(f"{b:g}" for b in temper or ())
     parser.add_argument(
         "--temper",
-        type=lambda text: [float(b) for b in text.split(",") if b],
+        type=comma_floats,
         default=list(temper or ()),
         help="inverse temperatures of the SVI warm-up phases, e.g. 0.1,0.3,0.6 "
         f"('' for none; default {default or 'none'})",
