@@ -288,13 +288,13 @@ def add_budget_arguments(
     parser.add_argument(
         "--temper",
         type=comma_floats,
-        default=list(temper or ()),
+        default=None,
         help="inverse temperatures of the SVI warm-up phases, e.g. 0.1,0.3,0.6 "
-        f"('' for none; default {default or 'none'})",
+        f"('' for none; default {default or 'none'}; with --quick, its last phase only)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(_budget=(svi_steps, num_warmup, num_samples))
+    parser.set_defaults(_budget=(svi_steps, num_warmup, num_samples), _temper=list(temper or ()))
 
 
 def budgets(args) -> dict:
@@ -306,10 +306,13 @@ def budgets(args) -> dict:
         guide_kwargs |= {"n_layers": 2, "nn_width": 8}
     if args.n_layers is not None:
         guide_kwargs["n_layers"] = args.n_layers
+    temper = args.temper
+    if temper is None:  # the script's default; each phase compiles its own SVI step,
+        temper = args._temper[-1:] if quick else args._temper  # so a smoke test keeps one
     return {
         "guide_kwargs": guide_kwargs,
         "svi_steps": args.svi_steps or (200 if quick else svi_steps),
-        "temper": args.temper or None,
+        "temper": temper or None,
         "num_warmup": args.num_warmup or (100 if quick else num_warmup),
         "num_samples": args.num_samples or (100 if quick else num_samples),
         "seed": args.seed,
