@@ -25,6 +25,7 @@ baseline with the same outputs and :func:`sampling_efficiency` their figures of 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import warnings
@@ -51,7 +52,7 @@ from .bijection import Bijection, Chain
 from .coupling import Coupling
 from .flows import _permutation_layer
 from .linear import ActNorm1D
-from .transformers import Additive, MixtureGaussianCDF, RQSpline, Transformer, soft_clamp
+from .transformers import Additive, Affine, MixtureGaussianCDF, RQSpline, Transformer, soft_clamp
 
 __all__ = [
     "GUIDE_TRANSFORMERS",
@@ -83,7 +84,8 @@ _PERMUTATIONS = ("bits", "random", "flip", "householder", "lu", "none")
 # --------------------------------------------------------------------------------------
 
 
-class LocScale(Transformer):
+@dataclasses.dataclass(frozen=True)
+class LocScale(Affine):
     """``y = (x - shift) * exp(-log_scale)``: an affine map written as a standardisation.
 
     The family of :class:`~numpyro_coupling.Affine` (``x * exp(s) + t``), parameterised
@@ -106,40 +108,16 @@ class LocScale(Transformer):
         3.0
     """
 
-    log_scale_index = 1
+    log_scale_bound: float = 6.0
 
-    def __init__(self, log_scale_bound: float = 6.0):
-        self.log_scale_bound = float(log_scale_bound)
-
-    def _key(self):
-        return (self.log_scale_bound,)
-
-    def __eq__(self, other):
-        return type(other) is type(self) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash((type(self), *self._key()))
-
-    def __repr__(self):
-        return f"{type(self).__name__}(log_scale_bound={self.log_scale_bound})"
-
-    @property
-    def n_params(self) -> int:
-        return 2
-
-    def _shift_log_scale(self, params):
-        return params[..., 0], soft_clamp(params[..., 1], self.log_scale_bound)
-
-    def forward(self, x, params):
-        shift, log_scale = self._shift_log_scale(params)
-        return (x - shift) * jnp.exp(-log_scale), -log_scale
-
-    def inverse(self, y, params):
-        shift, log_scale = self._shift_log_scale(params)
-        return y * jnp.exp(log_scale) + shift, log_scale
+    # The same map as Affine, read the other way round: Affine's inverse is a
+    # standardisation, ``(y - shift) * exp(-log_scale)``.
+    forward = Affine.inverse
+    inverse = Affine.forward
 
 
-class AffineRQSpline(LocScale):
+@dataclasses.dataclass(frozen=True)
+class AffineRQSpline(Transformer):
     """A conditional affine map followed by a rational-quadratic spline.
 
     ``y = spline((x - shift) * exp(-log_scale))``: the affine part (:class:`LocScale`)
@@ -166,32 +144,28 @@ class AffineRQSpline(LocScale):
         (0.5015, 1.0)
     """
 
-    def __init__(self, n_bins: int = 8, interval: float = 4.0, log_scale_bound: float = 6.0):
-        super().__init__(log_scale_bound)
-        self.spline = RQSpline(n_bins, interval)
+    n_bins: int = 8
+    interval: float = 4.0
+    log_scale_bound: float = 6.0
+    log_scale_index = 1  # a class constant, not a field
 
-    def _key(self):
-        return (self.spline, self.log_scale_bound)
-
-    def __repr__(self):
-        s = self.spline
-        return (
-            f"AffineRQSpline(n_bins={s.n_bins}, interval={s.interval}, "
-            f"log_scale_bound={self.log_scale_bound})"
-        )
+    def __post_init__(self):
+        # The two stages, built once; equality and hashing see only the three options.
+        object.__setattr__(self, "_affine", LocScale(self.log_scale_bound))
+        object.__setattr__(self, "_spline", RQSpline(self.n_bins, self.interval))
 
     @property
     def n_params(self) -> int:
-        return 2 + self.spline.n_params
+        return 2 + self._spline.n_params
 
     def forward(self, x, params):
-        u, log_det = super().forward(x, params[..., :2])
-        y, spline_log_det = self.spline.forward(u, params[..., 2:])
+        u, log_det = self._affine.forward(x, params[..., :2])
+        y, spline_log_det = self._spline.forward(u, params[..., 2:])
         return y, log_det + spline_log_det
 
     def inverse(self, y, params):
-        u, spline_log_det = self.spline.inverse(y, params[..., 2:])
-        x, log_det = super().inverse(u, params[..., :2])
+        u, spline_log_det = self._spline.inverse(y, params[..., 2:])
+        x, log_det = self._affine.inverse(u, params[..., :2])
         return x, log_det + spline_log_det
 
 
