@@ -103,13 +103,7 @@ class Coupling(Bijection):
         x_passive = _take(flat, self.passive_idx)
         params = self.transformer_params(x_passive)
         out_b, log_det = elementwise(_take(flat, self.active_idx), params)
-        if _contiguous(self.passive_idx) and _contiguous(self.active_idx):
-            # Half masks: two slices and a concatenation instead of a gather and a
-            # scatter (cheaper to compile and to differentiate).
-            parts = [x_passive, out_b]
-            out = jnp.concatenate(parts if self.passive_idx[0] == 0 else parts[::-1], -1)
-        else:
-            out = flat.at[..., np.asarray(self.active_idx)].set(out_b)
+        out = _merge(flat, x_passive, self.passive_idx, out_b, self.active_idx)
         return out.reshape(jnp.shape(x)), log_det.sum(-1)
 
     def transform_and_log_det(self, x):
@@ -193,8 +187,60 @@ def _contiguous(idx) -> bool:
     return len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1
 
 
+def _periodic(idx, size: int) -> tuple[int, int] | None:
+    """``(period, phase)`` if ``idx == {i < size : (i // period) % 2 == phase}``, else ``None``.
+
+    Alternating blocks of one length, as in every mask of
+    :func:`~numpyro_coupling.bit_masks` and the checkerboard of a vector. Such a set is a
+    strided slice of the vector padded to whole blocks, which fuses with its neighbours
+    where a gather (and the scatter-add of its gradient) would not.
+    """
+    if not idx:
+        return None
+    if idx[0] == 0:
+        period, phase = next((n for n in range(1, len(idx)) if idx[n] != n), len(idx)), 0
+    else:
+        period, phase = idx[0], 1
+    blocks = np.flatnonzero(np.arange(size) // period % 2 == phase)
+    return (period, phase) if np.array_equal(blocks, idx) else None
+
+
+def _blocks(flat_size: int, period: int) -> int:
+    return -(-flat_size // (2 * period))
+
+
 def _take(flat, idx):
-    """``flat[..., idx]``: a static slice when ``idx`` is one run, else a gather."""
+    """``flat[..., idx]``: a slice if ``idx`` is one run or alternating blocks, else a gather."""
+    size = flat.shape[-1]
     if _contiguous(idx):
         return flat[..., idx[0] : idx[-1] + 1]
-    return flat[..., np.asarray(idx)]
+    periodic = _periodic(idx, size)
+    if periodic is None:
+        return flat[..., np.asarray(idx)]
+    period, phase = periodic
+    n_blocks = _blocks(size, period)
+    pad = [(0, 0)] * (flat.ndim - 1) + [(0, 2 * period * n_blocks - size)]
+    blocked = jnp.pad(flat, pad).reshape((*flat.shape[:-1], n_blocks, 2, period))
+    # Padding lies past the last index, so it is cut off the end.
+    return blocked[..., phase, :].reshape((*flat.shape[:-1], -1))[..., : len(idx)]
+
+
+def _merge(flat, a, a_idx, b, b_idx):
+    """The vector with ``a`` at the indices ``a_idx`` and ``b`` at ``b_idx`` (their complement)."""
+    size = flat.shape[-1]
+    if _contiguous(a_idx) and _contiguous(b_idx):
+        # Half masks: a concatenation instead of a scatter.
+        return jnp.concatenate([a, b] if a_idx[0] == 0 else [b, a], -1)
+    periodic = _periodic(a_idx, size)
+    if periodic is None:
+        return flat.at[..., np.asarray(b_idx)].set(b)
+    period, phase = periodic
+    n_blocks = _blocks(size, period)
+
+    def blocked(v):
+        pad = [(0, 0)] * (v.ndim - 1) + [(0, period * n_blocks - v.shape[-1])]
+        return jnp.pad(v, pad).reshape((*v.shape[:-1], n_blocks, 1, period))
+
+    parts = [blocked(a), blocked(b)]
+    out = jnp.concatenate(parts if phase == 0 else parts[::-1], -2)
+    return out.reshape((*flat.shape[:-1], -1))[..., :size]

@@ -269,6 +269,30 @@ def test_masks_flip_and_custom():
     assert custom.mask.tolist() == [True, False, True, False]
 
 
+@pytest.mark.parametrize("dim", [2, 3, 10, 11, 64, 100])
+def test_mask_split_and_merge_match_indexing(dim):
+    """Bit masks take the strided-slice path; other masks fall back to a gather."""
+    from numpyro_coupling.coupling import _merge, _periodic, _take
+    from numpyro_coupling.infer import bit_masks
+
+    rng = np.random.default_rng(dim)
+    masks = [*bit_masks(dim, 16), rng.random(dim) < 0.5, np.arange(dim) % 3 == 0]
+    x = rng.normal(size=(2, 3, dim)).astype(np.float32)
+    n_strided = 0
+    for mask in masks:
+        a, b = tuple(np.flatnonzero(~mask)), tuple(np.flatnonzero(mask))
+        if not a or not b:
+            continue
+        n_strided += _periodic(a, dim) is not None
+        xa, xb = _take(jnp.asarray(x), a), _take(jnp.asarray(x), b)
+        np.testing.assert_array_equal(xa, x[..., list(a)])
+        np.testing.assert_array_equal(xb, x[..., list(b)])
+        expected = x.copy()
+        expected[..., list(b)] = -x[..., list(b)]
+        np.testing.assert_array_equal(_merge(jnp.asarray(x), xa, a, -xb, b), expected)
+    assert n_strided >= 2  # every bit mask of these sizes is alternating blocks
+
+
 def test_checkerboard_image_coupling():
     import numpyro_coupling as nc
 
