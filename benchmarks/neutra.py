@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -217,6 +219,13 @@ def _gaussian_model(dim):
     return model
 
 
+def _command(argv) -> str:
+    """The command line of this run, with the CPU pinning that timings depend on."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pinned = f"taskset -c {','.join(map(str, cpus))} " if len(cpus) < (os.cpu_count() or 1) else ""
+    return f"{pinned}python benchmarks/neutra.py {shlex.join(argv or [])}"
+
+
 def scaling_rows(dims, n_steps):
     rows = []
     for dim in dims:
@@ -365,7 +374,7 @@ def main(argv=None):
         scaling = scaling_rows(dims, args.scaling_steps)
         print(format_table(scaling, SCALING_COLUMNS), flush=True)
         for r in scaling:
-            saved["scaling"][f"{r['dim']}|{r['guide']}"] = r
+            saved["scaling"][f"{r['dim']}|{r['guide']}"] = r | {"command": _command(argv)}
     order = {m: i for i, m in enumerate(METHODS)}
     t_order = {t: i for i, t in enumerate(TARGETS)}
     all_rows = sorted(
@@ -399,7 +408,11 @@ def main(argv=None):
             "",
             "Per SVI step: median of 7 timings of a compiled scan of `--scaling-steps` steps "
             "(compilation excluded; the guides of one dimension timed in turn), model "
-            "`x ~ N(0, I_D)`.",
+            "`x ~ N(0, I_D)`. On two or more cores XLA spreads these small kernels over "
+            "threads and the times of the small guides scatter by tens of percent from run to "
+            "run; on one core (`taskset -c 0`) they repeat to a few percent. Commands:",
+            "",
+            *sorted({f"- `{r.get('command', '')}`" for r in all_scaling}),
             "",
             format_table(all_scaling, SCALING_COLUMNS),
         ]
