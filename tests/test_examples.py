@@ -12,7 +12,9 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_quick(script, tmp_path):
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    # A smoke test spends most of its time compiling: skip XLA's backend optimisations.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+    env = {**os.environ, "MPLBACKEND": "Agg", "XLA_FLAGS": flags}
     out = subprocess.run(
         [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
         capture_output=True,
