@@ -243,10 +243,16 @@ def scaling_rows(dims, n_steps):
         guides[f"AutoCouplingFlow affine (width {width}: IAF's parameter count)"] = (
             AutoCouplingFlow(model, transformer="affine", nn_width=width)
         )
-        # The same without the "sticking the landing" estimator's second flow pass.
-        guides[f"AutoCouplingFlow affine (width {width}, stl=False)"] = AutoCouplingFlow(
-            model, transformer="affine", nn_width=width, stl=False
-        )
+        # The same without the "sticking the landing" estimator's second flow pass, without
+        # the conditioners' linear path, and without both.
+        for label, kw in [
+            ("stl=False", {"stl": False}),
+            ("linear_rank=0", {"linear_rank": 0}),
+            ("stl=False, linear_rank=0", {"stl": False, "linear_rank": 0}),
+        ]:
+            guides[f"AutoCouplingFlow affine (width {width}, {label})"] = AutoCouplingFlow(
+                model, transformer="affine", nn_width=width, **kw
+            )
         timers, counts = {}, {}
         for name, guide in guides.items():
             svi = SVI(model, guide, numpyro.optim.Adam(3e-3), Trace_ELBO())

@@ -191,7 +191,7 @@ def _periodic(idx, size: int) -> tuple[int, int] | None:
     """``(period, phase)`` if ``idx == {i < size : (i // period) % 2 == phase}``, else ``None``.
 
     Alternating blocks of one length, as in every mask of
-    :func:`~numpyro_coupling.bit_masks` and the checkerboard of a vector. Such a set is a
+    :func:`~numpyro_coupling.infer.bit_masks` and the checkerboard of a vector. Such a set is a
     strided slice of the vector padded to whole blocks, which fuses with its neighbours
     where a gather (and the scatter-add of its gradient) would not.
     """
