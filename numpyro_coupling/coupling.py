@@ -226,7 +226,11 @@ def _take(flat, idx):
 
 
 def _merge(flat, a, a_idx, b, b_idx):
-    """The vector with ``a`` at the indices ``a_idx`` and ``b`` at ``b_idx`` (their complement)."""
+    """``flat`` with ``b`` written at ``b_idx``, where ``a == flat[..., a_idx]`` (the complement).
+
+    The slice and strided paths build the vector from ``a`` and ``b``; the fallback writes
+    ``b`` into ``flat``, so ``a`` must be what ``flat`` already holds at ``a_idx``.
+    """
     size = flat.shape[-1]
     if _contiguous(a_idx) and _contiguous(b_idx):
         # Half masks: a concatenation instead of a scatter.
