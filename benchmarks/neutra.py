@@ -4,7 +4,9 @@ Protocol (one process, same budget for every method): SVI with ``Trace_ELBO`` an
 (3e-3) for ``--svi-steps`` steps (10,000) through ``fit_guide`` (every guide alike: a
 cosine decay of the step to a tenth and gradient clipping at norm 10 by default,
 ``--schedule constant --clip-norm 0`` for plain Adam), then ``NeuTraReparam`` + NUTS, 1000 warmup +
-1000 draws, one chain. Reported per target and method:
+1000 draws, one chain. Each row's key is fixed by ``--seed`` and the places of its target
+and method in ``TARGETS`` and ``METHODS``, so a subset reproduces the full run's rows.
+Reported per target and method:
 
 * SVI loss: a 20,000-particle estimate of the negative ELBO at the final parameters
   (on the normalised funnel it is ``KL(q || p)`` in nats);
@@ -94,6 +96,17 @@ def _mode_stats(idata):
     x0 = idata.posterior["x"].values[0, :, 0]
     side = x0 > 0
     return float(side.mean()), int(np.sum(side[1:] != side[:-1]))
+
+
+def target_key(seed: int, target: str):
+    """The key of ``target``'s rows: by its place in ``TARGETS``, not on the command line."""
+    return jr.fold_in(jr.key(seed), list(TARGETS).index(target))
+
+
+def method_key(target_key, method: str):
+    """The key of one row, fixed by the method's place in ``METHODS``: a row comes out the
+    same whichever other targets and methods the command runs, and in whatever order."""
+    return jr.fold_in(target_key, list(METHODS).index(method))
 
 
 def run_method(target, method, args, pilot, key):
@@ -362,11 +375,11 @@ def main(argv=None):
     saved.setdefault("rows", {})
     saved.setdefault("scaling", {})
     rows = []
-    for t_index, target in enumerate(targets):
-        key = jr.fold_in(jr.key(args.seed), t_index)
+    for target in targets:
+        key = target_key(args.seed, target)
         pilot = pilot_draws(target, args, jr.fold_in(key, 999)) if "ours-warm" in methods else None
-        for m_index, method in enumerate(methods):
-            row = run_method(target, method, args, pilot, jr.fold_in(key, m_index))
+        for method in methods:
+            row = run_method(target, method, args, pilot, method_key(key, method))
             rows.append(row)
             row_key = f"{target}|{method}|{row['schedule']}"
             saved["rows"][row_key] = row | {"command": " ".join(argv or [])}

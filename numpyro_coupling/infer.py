@@ -1095,8 +1095,9 @@ def fit_guide(
         temper: inverse temperatures in ``(0, 1)`` of warm-up phases, e.g.
             ``(0.1, 0.3, 0.6)``; ``None``: none. Needs a model with observed sites or
             factors (the likelihood). The ``svi_steps`` are split equally
-            between the phases and the final fit at ``beta = 1`` (each phase has its own
-            learning-rate schedule; only the final fit is averaged).
+            between the phases and the final fit at ``beta = 1`` (each phase restarts the
+            learning-rate schedule; only the final fit is averaged; all phases run one
+            compiled step, ``beta`` being one of its arguments).
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show a progress bar.
         return_last: also return the last iterate's parameters.
@@ -1139,28 +1140,32 @@ def fit_guide(
         )
     key = jr.key(0) if key is None else key
     phase_steps = svi_steps // (len(betas) + 1)
-    final_steps = svi_steps - phase_steps * len(betas)
-
-    def start(target, steps, phase_key, init_params):
-        optim = guide_optimizer(learning_rate, steps, schedule=schedule, clip_norm=clip_norm)
-        svi = SVI(target, guide, optim, Trace_ELBO())
-        return svi, svi.init(phase_key, *args, init_params=init_params, **model_kwargs)
+    # One schedule of ``phase_steps`` restarted by each phase (a fresh optimiser state);
+    # the final phase's few extra steps, if any, run at its floor.
+    optim = guide_optimizer(learning_rate, phase_steps, schedule=schedule, clip_norm=clip_norm)
+    if betas:
+        # The inverse temperature is an argument of one compiled step, not a constant
+        # of one per phase: the phases share a single compilation.
+        svi = SVI(_beta_tempered(model), _beta_ignored(guide), optim, Trace_ELBO())
+    else:
+        svi = SVI(model, guide, optim, Trace_ELBO())
+    run_chunk = _svi_chunk_runner(svi, args, model_kwargs, tempered=bool(betas))
+    # (phase key, inverse temperature, steps, averaged) per phase, the final fit last.
+    phases = [(jr.fold_in(key, i + 1), b, phase_steps, None) for i, b in enumerate(betas)]
+    phases.append((key, 1.0, svi_steps - phase_steps * len(betas), average))
 
     init_params, losses = None, []
     with tqdm(total=svi_steps, disable=not progress_bar, desc="SVI") as bar:
-        for i, beta in enumerate(betas):
-            target = temper_likelihood(model, beta)
-            svi, state = start(target, phase_steps, jr.fold_in(key, i + 1), init_params)
-            state, _, phase_losses = _run_svi(
-                svi, state, phase_steps, None, bar, args, model_kwargs
+        for phase_key, beta, steps, phase_average in phases:
+            beta_kwarg = {"_beta": jnp.asarray(beta)} if betas else {}
+            state = svi.init(
+                phase_key, *args, init_params=init_params, **beta_kwarg, **model_kwargs
+            )
+            state, avg, phase_losses = _run_svi(
+                run_chunk, svi, state, steps, phase_average, bar, beta
             )
             init_params = svi.get_params(state)
             losses.append(phase_losses)
-        svi, state = start(model, final_steps, key, init_params)
-        state, avg, final_losses = _run_svi(
-            svi, state, final_steps, average, bar, args, model_kwargs
-        )
-        losses.append(final_losses)
     last = svi.get_params(state)
     params = svi.constrain_fn(avg) if average else last
     if return_last:
@@ -1191,7 +1196,9 @@ class temper_likelihood(numpyro.primitives.Messenger):
     """
 
     def __init__(self, fn=None, beta: float = 1.0):
-        if not beta > 0:
+        # A traced ``beta`` (one compiled step for every phase of ``fit_guide``) is
+        # checked where it is made.
+        if not isinstance(beta, jax.core.Tracer) and not beta > 0:
             raise ValueError(f"beta must be positive, got {beta}")
         self.beta = beta
         super().__init__(fn)
@@ -1206,36 +1213,68 @@ def _observed_sites(model, args, kwargs) -> list[str]:
     return [n for n, s in trace.items() if s["type"] == "sample" and s["is_observed"]]
 
 
-def _run_svi(svi, state, steps, average, bar, args, model_kwargs):
-    """``steps`` SVI steps from ``state``, in compiled chunks that advance ``bar``.
+def _beta_tempered(model):
+    """``model`` with its likelihood tempered by a ``_beta`` keyword argument."""
+
+    def tempered(*args, _beta, **kwargs):
+        return temper_likelihood(model, _beta)(*args, **kwargs)
+
+    return tempered
+
+
+def _beta_ignored(guide):
+    """``guide`` called as SVI calls it with a :func:`_beta_tempered` model."""
+
+    def untempered(*args, _beta, **kwargs):
+        return guide(*args, **kwargs)
+
+    return untempered
+
+
+def _svi_chunk_runner(svi, args, model_kwargs, tempered: bool):
+    """A compiled ``run_chunk(carry, beta, decay, length)``: ``length`` SVI steps.
+
+    ``carry = (state, avg, weight)``: ``avg`` is a bias-corrected exponential moving
+    average of the unconstrained parameters with factor ``decay`` (a weighted mean with
+    weights ``decay**(t - i)``, ``weight`` their sum). ``beta`` is the inverse temperature
+    when ``tempered``, else unused. Only ``length`` is static, so every phase of a
+    tempered fit runs the same compiled steps.
+    """
+
+    def step(beta, decay, carry, _):
+        state, avg, weight = carry
+        beta_kwarg = {"_beta": beta} if tempered else {}
+        state, loss = svi.update(state, *args, **beta_kwarg, **model_kwargs)
+        weight = decay * weight + 1.0
+        current = svi.optim.get_params(state.optim_state)
+        avg = jax.tree.map(lambda a, p: a + (p - a) / weight, avg, current)
+        return (state, avg, weight), loss
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def run_chunk(carry, beta, decay, length):
+        return jax.lax.scan(functools.partial(step, beta, decay), carry, None, length=length)
+
+    return run_chunk
+
+
+def _run_svi(run_chunk, svi, state, steps, average, bar, beta=1.0):
+    """``steps`` SVI steps from ``state`` by ``run_chunk``, in chunks that advance ``bar``.
 
     Returns ``(state, avg, losses)``: ``avg`` the bias-corrected moving average of the
     unconstrained parameters (time constant ``average * steps``; the last iterate when
     ``average`` is falsy) and ``losses`` the ``(steps,)`` loss curve.
     """
     raw = svi.optim.get_params(state.optim_state)
-    decay = 1.0 - 1.0 / max(average * steps, 1.0) if average else 0.0
-
-    def step(carry, _):
-        state, avg, weight = carry
-        state, loss = svi.update(state, *args, **model_kwargs)
-        weight = decay * weight + 1.0
-        current = svi.optim.get_params(state.optim_state)
-        # Bias-corrected EMA: a weighted mean with weights decay**(t - i).
-        avg = jax.tree.map(lambda a, p: a + (p - a) / weight, avg, current)
-        return (state, avg, weight), loss
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def run_chunk(carry, length):
-        return jax.lax.scan(step, carry, None, length=length)
-
+    dtype = jnp.result_type(float)
+    decay = jnp.asarray(1.0 - 1.0 / max(average * steps, 1.0) if average else 0.0, dtype)
+    beta = jnp.asarray(beta, dtype)
     chunk = max(min(bar.total // 50, 500), 1) if not bar.disable else steps
-    carry = (state, raw, jnp.zeros((), jnp.result_type(float)))
+    carry = (state, raw, jnp.zeros((), dtype))
     losses = []
     done = 0
     while done < steps:
         n = min(chunk, steps - done)
-        carry, chunk_losses = run_chunk(carry, n)
+        carry, chunk_losses = run_chunk(carry, beta, decay, n)
         losses.append(np.asarray(chunk_losses))
         done += n
         bar.set_postfix(loss=f"{float(np.mean(losses[-1])):.3f}")

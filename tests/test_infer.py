@@ -1,5 +1,7 @@
 """AutoCouplingFlow as an SVI guide and a NeuTra reparameteriser; the demo's quick mode."""
 
+import logging
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -227,6 +229,40 @@ def test_tempering_flattens_the_likelihood_not_the_prior():
         fit_guide(funnel, temper=(0.5,), svi_steps=4, progress_bar=False)
     with pytest.raises(ValueError, match="beta"):
         temper_likelihood(eight_schools, 0.0)
+
+
+def test_tempered_phases_share_one_compiled_step():
+    # The inverse temperature may be traced, so a jitted density serves every phase.
+    values = {"tau": 0.3, "mu": 1.0, "theta": jnp.full(8, 0.5)}
+
+    def log_density(beta):
+        return numpyro.infer.util.log_density(
+            temper_likelihood(eight_schools, beta), (), {}, values
+        )[0]
+
+    for beta in (0.1, 0.6):
+        np.testing.assert_allclose(jax.jit(log_density)(beta), log_density(beta), rtol=1e-6)
+    # Linear in beta: only the likelihood is scaled.
+    np.testing.assert_allclose(
+        log_density(0.6) - log_density(0.1), 5 * (log_density(0.2) - log_density(0.1)), rtol=1e-5
+    )
+    # Compilation is logged with the compiled function's name: count run_chunk's.
+    traces = []
+    with jax.log_compiles():
+        handler = logging.Handler()
+        handler.emit = lambda record: traces.append(record.getMessage())
+        logging.getLogger("jax").addHandler(handler)
+        try:
+            fit_guide(
+                two_modes,
+                guide={"n_layers": 1, "nn_width": 4},
+                svi_steps=40,
+                temper=(0.1, 0.3, 0.6),
+                progress_bar=False,
+            )
+        finally:
+            logging.getLogger("jax").removeHandler(handler)
+    assert sum(t.startswith("Compiling jit(run_chunk)") for t in traces) == 1
 
 
 def test_get_transform_is_one_pass_with_memo():
