@@ -98,6 +98,17 @@ def _mode_stats(idata):
     return float(side.mean()), int(np.sum(side[1:] != side[:-1]))
 
 
+#: NumPyro's default ``target_accept_prob`` for NUTS.
+DEFAULT_TARGET_ACCEPT = 0.8
+
+
+def row_key_of(target, method, row) -> str:
+    """A stored row's name: rows of other settings are kept beside the defaults' rows."""
+    accept = row.get("target_accept", DEFAULT_TARGET_ACCEPT)
+    suffix = "" if accept == DEFAULT_TARGET_ACCEPT else f"|accept {accept:g}"
+    return f"{target}|{method}|{row['schedule']}{suffix}"
+
+
 def target_key(seed: int, target: str):
     """The key of ``target``'s rows: by its place in ``TARGETS``, not on the command line."""
     return jr.fold_in(jr.key(seed), list(TARGETS).index(target))
@@ -117,10 +128,12 @@ def run_method(target, method, args, pilot, key):
     row["schedule"] = "-" if make_guide is None else _schedule_label(args)
     k_svi, k_mcmc, k_loss = jr.split(key, 3)
     clip_norm = args.clip_norm or None
+    row["target_accept"] = args.target_accept
     mcmc_kw = {
         "num_warmup": args.num_warmup,
         "num_samples": args.num_samples,
         "progress_bar": args.progress,
+        "nuts_kwargs": {"target_accept_prob": args.target_accept},
     }
     if make_guide is None:
         _, idata = nuts_mcmc(model, key=k_mcmc, **mcmc_kw)
@@ -298,6 +311,7 @@ COLUMNS = [
     ("target", "target", "{}"),
     ("method", "method", "{}"),
     ("schedule", "Adam step", "{}"),
+    ("target_accept", "NUTS accept", "{:g}"),
     ("svi_loss", "SVI loss", "{:.3f}"),
     ("svi_loss_last", "last iterate", "{:.3f}"),
     ("steps_to_threshold", "steps to level", "{:d}"),
@@ -342,6 +356,12 @@ def main(argv=None):
         default=[],
         help="inverse temperatures of fit_guide's warm-up phases, e.g. 0.1,0.3,0.6",
     )
+    parser.add_argument(
+        "--target-accept",
+        type=float,
+        default=DEFAULT_TARGET_ACCEPT,
+        help="NUTS target acceptance probability, for every method alike",
+    )
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--pilot", type=int, default=500, help="pilot NUTS warmup = draws")
@@ -381,7 +401,7 @@ def main(argv=None):
         for method in methods:
             row = run_method(target, method, args, pilot, method_key(key, method))
             rows.append(row)
-            row_key = f"{target}|{method}|{row['schedule']}"
+            row_key = row_key_of(target, method, row)
             saved["rows"][row_key] = row | {"command": " ".join(argv or [])}
             store.parent.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(saved, indent=1))
@@ -415,10 +435,12 @@ def main(argv=None):
         f"SVI {args.svi_steps} steps (Adam, peak step {args.learning_rate}, Trace_ELBO; "
         "the `Adam step` column: constant or cosine decay to a tenth, and the gradient "
         "clipping); NUTS "
-        f"{args.num_warmup} warmup + {args.num_samples} draws, one chain. SVI loss: "
+        f"{args.num_warmup} warmup + {args.num_samples} draws, one chain, at the target "
+        "acceptance probability of the `NUTS accept` column. SVI loss: "
         f"{args.loss_particles}-particle estimate of the negative ELBO (funnel: KL in nats).",
         "",
-        format_table([r for _, r in all_rows], COLUMNS),
+        # Rows stored before the NUTS accept column existed ran at NumPyro's default.
+        format_table([{"target_accept": DEFAULT_TARGET_ACCEPT} | r for _, r in all_rows], COLUMNS),
     ]
     if all_scaling:
         text += [

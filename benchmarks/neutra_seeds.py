@@ -4,8 +4,8 @@ One chain and one key per row make ESS per gradient and divergences noisy (two N
 on fits whose SVI losses agree to three decimals gave ESS per gradient 0.074 and 0.011).
 This script runs ``neutra.py`` once per extra key (``--seed``) into
 ``results/neutra_seeds/``, then summarises those runs together with the main run
-(``results/neutra.json``, key 0) as median [min, max] per target, method and Adam
-schedule.
+(``results/neutra.json``, key 0) as median [min, max] per target, method, Adam
+schedule and NUTS target acceptance.
 
 Run ``python benchmarks/neutra_seeds.py --seeds 1,2 --targets funnel,eightschools
 --methods iaf,iaf32,bnaf,ours-affine``; runs already on disk are reused unless ``--fresh``.
@@ -77,18 +77,21 @@ def summarise(rows, targets, methods):
     groups = {}
     for r in rows:
         if r["target"] in targets and r["method"] in labels:
-            groups.setdefault((r["target"], r["method"], r.get("schedule", "-")), []).append(r)
+            accept = r.get("target_accept", neutra.DEFAULT_TARGET_ACCEPT)
+            group = (r["target"], r["method"], r.get("schedule", "-"), accept)
+            groups.setdefault(group, []).append(r)
     lines = [
-        "| target | method | Adam step | keys | SVI loss | ESS/grad | divergences |",
-        "|---|---|---|---|---|---|---|",
+        "| target | method | Adam step | NUTS accept | keys | SVI loss | ESS/grad | divergences |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     order = {m: i for i, m in enumerate(neutra.METHODS)}
-    for (target, method, schedule), rs in sorted(
-        groups.items(), key=lambda kv: (targets.index(kv[0][0]), order[labels[kv[0][1]]], kv[0][2])
+    for (target, method, schedule, accept), rs in sorted(
+        groups.items(),
+        key=lambda kv: (targets.index(kv[0][0]), order[labels[kv[0][1]]], kv[0][2:]),
     ):
         keys = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
         lines.append(
-            f"| {target} | {method} | {schedule} | {keys} | "
+            f"| {target} | {method} | {schedule} | {accept:g} | {keys} | "
             f"{_spread([r.get('svi_loss') for r in rs], '{:.3f}')} | "
             f"{_spread([r.get('ess_per_grad') for r in rs], '{:.4f}')} | "
             f"{_spread([r.get('divergences') for r in rs], '{:.0f}')} |"

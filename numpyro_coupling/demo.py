@@ -44,6 +44,7 @@ def compare_samplers(
     num_samples: int = 500,
     seed: int = 0,
     progress_bar: bool = True,
+    nuts_kwargs: dict | None = None,
     **model_kwargs,
 ) -> dict:
     """Plain NUTS and NeuTra (``AutoCouplingFlow`` + NUTS) on one model, same budget.
@@ -60,6 +61,8 @@ def compare_samplers(
         num_samples: NUTS draws (both samplers).
         seed: base seed.
         progress_bar: show progress bars.
+        nuts_kwargs: extra ``NUTS`` arguments (both samplers), e.g.
+            ``{"target_accept_prob": 0.95}``.
         **model_kwargs: model keyword arguments.
 
     Returns:
@@ -77,6 +80,7 @@ def compare_samplers(
         num_samples=num_samples,
         key=key_nuts,
         progress_bar=progress_bar,
+        nuts_kwargs=nuts_kwargs,
         **model_kwargs,
     )
     start = time.perf_counter()
@@ -102,6 +106,7 @@ def compare_samplers(
         key=key_neutra,
         progress_bar=progress_bar,
         losses=losses,
+        nuts_kwargs=nuts_kwargs,
         **model_kwargs,
     )
     tail = losses[-max(len(losses) // 10, 1) :]
@@ -263,7 +268,14 @@ def comma_floats(text: str) -> list[float]:
 
 
 def add_budget_arguments(
-    parser, *, svi_steps, num_warmup, num_samples, transformer="affine", temper=None
+    parser,
+    *,
+    svi_steps,
+    num_warmup,
+    num_samples,
+    transformer="affine",
+    temper=None,
+    target_accept=0.8,
 ):
     """The command-line options shared by the demo and the NeuTra examples."""
     parser.add_argument("--out", default="out", help="directory for the figures (default out/)")
@@ -290,7 +302,13 @@ def add_budget_arguments(
         type=comma_floats,
         default=None,
         help="inverse temperatures of the SVI warm-up phases, e.g. 0.1,0.3,0.6 "
-        f"('' for none; default {default or 'none'}; with --quick, its last phase only)",
+        f"('' for none; default {default or 'none'})",
+    )
+    parser.add_argument(
+        "--target-accept",
+        type=float,
+        default=target_accept,
+        help=f"NUTS target acceptance probability, both samplers (default {target_accept:g})",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -306,9 +324,8 @@ def budgets(args) -> dict:
         guide_kwargs |= {"n_layers": 2, "nn_width": 8}
     if args.n_layers is not None:
         guide_kwargs["n_layers"] = args.n_layers
-    temper = args.temper
-    if temper is None:  # the script's default; each phase compiles its own SVI step,
-        temper = args._temper[-1:] if quick else args._temper  # so a smoke test keeps one
+    # Without --temper, the script's own phases.
+    temper = args._temper if args.temper is None else args.temper
     return {
         "guide_kwargs": guide_kwargs,
         "svi_steps": args.svi_steps or (200 if quick else svi_steps),
@@ -317,6 +334,7 @@ def budgets(args) -> dict:
         "num_samples": args.num_samples or (100 if quick else num_samples),
         "seed": args.seed,
         "progress_bar": not args.no_progress,
+        "nuts_kwargs": {"target_accept_prob": args.target_accept},
     }
 
 

@@ -1352,6 +1352,7 @@ def neutra_mcmc(
     num_chains: int = 1,
     key=None,
     progress_bar: bool = True,
+    nuts_kwargs: dict | None = None,
     **model_kwargs,
 ):
     """NeuTra HMC: fit a guide by ``SVI``, then run NUTS on the geometry it Gaussianises.
@@ -1371,6 +1372,8 @@ def neutra_mcmc(
         num_chains: chains.
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show progress bars.
+        nuts_kwargs: extra ``NUTS`` arguments, e.g. ``{"target_accept_prob": 0.95}``
+            where the chain diverges in a region the guide fits poorly.
         **model_kwargs: model keyword arguments.
 
     Returns:
@@ -1418,6 +1421,7 @@ def neutra_mcmc(
         key=mcmc_key,
         progress_bar=progress_bar,
         losses=losses,
+        nuts_kwargs=nuts_kwargs,
         **model_kwargs,
     )
     idata.attrs["svi_seconds"] = svi_seconds

@@ -16,6 +16,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro_coupling.infer import (
     AutoCouplingFlow,
     fit_guide,
+    neutra_mcmc,
     neutra_nuts,
     sampling_efficiency,
     temper_likelihood,
@@ -279,10 +280,28 @@ def test_get_transform_is_one_pass_with_memo():
     assert jnp.allclose(z2, z, atol=1e-5) and jnp.allclose(inv_log_det, -log_det, atol=1e-5)
 
 
+def test_neutra_mcmc_passes_nuts_kwargs():
+    def accept(nuts_kwargs):
+        _, idata = neutra_mcmc(
+            gaussian_2d,
+            guide={"n_layers": 1, "nn_width": 4},
+            svi_steps=20,
+            num_warmup=200,
+            num_samples=200,
+            progress_bar=False,
+            nuts_kwargs=nuts_kwargs,
+        )
+        return float(idata.sample_stats["acceptance_rate"].mean())
+
+    # Step-size adaptation aims at the target acceptance probability.
+    assert accept({"target_accept_prob": 0.99}) > accept({"target_accept_prob": 0.6}) + 0.1
+
+
 def test_demo_quick(tmp_path):
     from numpyro_coupling.demo import main
 
-    assert main(["--quick", "--out", str(tmp_path)]) is None  # a console script's exit code
+    # A console script's exit code; --target-accept reaches both samplers' NUTS.
+    assert main(["--quick", "--target-accept", "0.9", "--out", str(tmp_path)]) is None
     assert (tmp_path / "neutra_funnel.png").exists()
 
 
