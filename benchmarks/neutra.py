@@ -44,7 +44,7 @@ import numpyro.distributions as dist
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
 
-from numpyro_coupling.demo import comma_floats, format_table
+from numpyro_coupling.demo import comma_floats, format_table, probability
 from numpyro_coupling.infer import (
     AutoCouplingFlow,
     fit_guide,
@@ -358,7 +358,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--target-accept",
-        type=float,
+        type=probability,
         default=DEFAULT_TARGET_ACCEPT,
         help="NUTS target acceptance probability, for every method alike",
     )

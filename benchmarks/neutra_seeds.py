@@ -34,9 +34,10 @@ def run_seed(seed, args):
     if out.with_suffix(".json").exists() and not args.fresh:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Merged into the key's file: its rows of other settings (tempered, other NUTS
+    # acceptance) stay.
     neutra.main(
         [
-            "--fresh",
             "--seed",
             str(seed),
             "--targets",

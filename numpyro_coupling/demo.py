@@ -267,6 +267,19 @@ def comma_floats(text: str) -> list[float]:
     return [float(b) for b in text.split(",") if b]
 
 
+def probability(text: str) -> float:
+    """Parse a command-line probability strictly between 0 and 1 (NUTS' target acceptance).
+
+    Example:
+        >>> probability("0.95")
+        0.95
+    """
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1), got {text}")
+    return value
+
+
 def add_budget_arguments(
     parser,
     *,
@@ -306,7 +319,7 @@ def add_budget_arguments(
     )
     parser.add_argument(
         "--target-accept",
-        type=float,
+        type=probability,
         default=target_accept,
         help=f"NUTS target acceptance probability, both samplers (default {target_accept:g})",
     )

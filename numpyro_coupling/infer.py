@@ -1087,17 +1087,20 @@ def fit_guide(
             arguments, or ``None`` (an :class:`AutoCouplingFlow` with its defaults).
         svi_steps: optimisation steps.
         learning_rate: (peak) Adam step size.
-        average: time constant of the parameter average as a fraction of ``svi_steps``
-            (``None`` or ``0``: return the last iterate).
+        average: time constant of the parameter average as a fraction of the final fit's
+            steps (``svi_steps`` without ``temper``; ``None`` or ``0``: return the last
+            iterate).
         schedule: ``"cosine"`` (decay to a tenth) or ``"constant"``: see
             :func:`guide_optimizer`.
         clip_norm: global gradient-norm cap (``None``: none).
         temper: inverse temperatures in ``(0, 1)`` of warm-up phases, e.g.
             ``(0.1, 0.3, 0.6)``; ``None``: none. Needs a model with observed sites or
             factors (the likelihood). The ``svi_steps`` are split equally
-            between the phases and the final fit at ``beta = 1`` (each phase restarts the
-            learning-rate schedule; only the final fit is averaged; all phases run one
-            compiled step, ``beta`` being one of its arguments).
+            between the phases and the final fit at ``beta = 1``, which also takes the
+            remainder (at the schedule's floor). Each phase restarts the learning-rate
+            schedule; only the final fit is averaged. The phases share their compiled
+            steps, ``beta`` being one of their arguments (one compilation per distinct
+            length of the chunks the progress bar advances by, one or two in all).
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show a progress bar.
         return_last: also return the last iterate's parameters.
@@ -1141,7 +1144,7 @@ def fit_guide(
     key = jr.key(0) if key is None else key
     phase_steps = svi_steps // (len(betas) + 1)
     # One schedule of ``phase_steps`` restarted by each phase (a fresh optimiser state);
-    # the final phase's few extra steps, if any, run at its floor.
+    # the final fit's few extra steps, if any, run at its floor.
     optim = guide_optimizer(learning_rate, phase_steps, schedule=schedule, clip_norm=clip_norm)
     if betas:
         # The inverse temperature is an argument of one compiled step, not a constant
@@ -1182,7 +1185,8 @@ class temper_likelihood(numpyro.primitives.Messenger):
 
     Args:
         fn: the model.
-        beta: inverse temperature, ``> 0``.
+        beta: inverse temperature, ``> 0`` (checked unless it is traced, as in
+            :func:`fit_guide`'s compiled steps).
 
     Example:
         >>> import numpyro, numpyro.distributions as dist
@@ -1237,8 +1241,8 @@ def _svi_chunk_runner(svi, args, model_kwargs, tempered: bool):
     ``carry = (state, avg, weight)``: ``avg`` is a bias-corrected exponential moving
     average of the unconstrained parameters with factor ``decay`` (a weighted mean with
     weights ``decay**(t - i)``, ``weight`` their sum). ``beta`` is the inverse temperature
-    when ``tempered``, else unused. Only ``length`` is static, so every phase of a
-    tempered fit runs the same compiled steps.
+    when ``tempered``, else unused. Only ``length`` is static, so the phases of a tempered
+    fit share one compilation per chunk length.
     """
 
     def step(beta, decay, carry, _):
