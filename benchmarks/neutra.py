@@ -382,7 +382,8 @@ def main(argv=None):
     if args.quick:
         args.svi_steps, args.num_warmup, args.num_samples = 100, 50, 50
         args.pilot, args.loss_particles, args.scaling_steps = 50, 500, 10
-        args.scaling_dims = "10"
+        if args.scaling_dims == parser.get_default("scaling_dims"):  # '' stays ''
+            args.scaling_dims = "10"
     targets = [t for t in args.targets.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(targets) - set(TARGETS)) + sorted(set(methods) - set(METHODS))
