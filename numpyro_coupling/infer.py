@@ -1099,8 +1099,8 @@ def fit_guide(
             between the phases and the final fit at ``beta = 1``, which also takes the
             remainder (at the schedule's floor). Each phase restarts the learning-rate
             schedule; only the final fit is averaged. The phases share their compiled
-            steps, ``beta`` being one of their arguments (one compilation per distinct
-            length of the chunks the progress bar advances by, one or two in all).
+            steps, ``beta`` being one of their arguments: one compilation per chunk
+            length, and the progress bar's chunks divide the phases where they can.
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show a progress bar.
         return_last: also return the last iterate's parameters.
@@ -1261,6 +1261,21 @@ def _svi_chunk_runner(svi, args, model_kwargs, tempered: bool):
     return run_chunk
 
 
+def _chunk_length(steps: int, target: int) -> int:
+    """Steps per compiled chunk: about ``target``, and dividing ``steps`` where it can.
+
+    Equal chunks compile once; a remainder would compile a second scan length (a tempered
+    fit's phases of 2500 steps, advanced by 200, would need 100 as well). The chunk is the
+    largest divisor of ``steps`` from about ``target / 2`` to ``target``, else ``target``.
+
+    Example:
+        >>> _chunk_length(10_000, 200), _chunk_length(2500, 200), _chunk_length(2503, 200)
+        (200, 125, 200)
+    """
+    n_min = -(-steps // target)
+    return next((steps // n for n in range(n_min, 2 * n_min + 1) if steps % n == 0), target)
+
+
 def _run_svi(run_chunk, svi, state, steps, average, bar, beta=1.0):
     """``steps`` SVI steps from ``state`` by ``run_chunk``, in chunks that advance ``bar``.
 
@@ -1272,7 +1287,7 @@ def _run_svi(run_chunk, svi, state, steps, average, bar, beta=1.0):
     dtype = jnp.result_type(float)
     decay = jnp.asarray(1.0 - 1.0 / max(average * steps, 1.0) if average else 0.0, dtype)
     beta = jnp.asarray(beta, dtype)
-    chunk = max(min(bar.total // 50, 500), 1) if not bar.disable else steps
+    chunk = _chunk_length(steps, max(min(bar.total // 50, 500), 1)) if not bar.disable else steps
     carry = (state, raw, jnp.zeros((), dtype))
     losses = []
     done = 0

@@ -257,14 +257,17 @@ def test_tempered_phases_share_one_compiled_step(monkeypatch):
         return runners[-1]
 
     monkeypatch.setattr(infer, "_svi_chunk_runner", keep)
-    fit_guide(
-        two_modes,
-        guide={"n_layers": 1, "nn_width": 4},
-        svi_steps=40,
-        temper=(0.1, 0.3, 0.6),
-        progress_bar=False,
-    )
-    assert len(runners) == 1 and runners[0]._cache_size() == 1
+    # Without a bar each phase is one chunk; with one, chunks of 4000 // 50 = 80 steps would
+    # leave a remainder of each 1000-step phase, so they are made 50 steps long.
+    for steps, bar in ((40, False), (4000, True)):
+        fit_guide(
+            two_modes,
+            guide={"n_layers": 1, "nn_width": 4},
+            svi_steps=steps,
+            temper=(0.1, 0.3, 0.6),
+            progress_bar=bar,
+        )
+        assert runners[-1]._cache_size() == 1
 
 
 def test_get_transform_is_one_pass_with_memo():
