@@ -1152,7 +1152,7 @@ def fit_guide(
         svi = SVI(_beta_tempered(model), _beta_ignored(guide), optim, Trace_ELBO())
     else:
         svi = SVI(model, guide, optim, Trace_ELBO())
-    run_chunk = _svi_chunk_runner(svi, args, model_kwargs, tempered=bool(betas))
+    run_chunk = _svi_chunk_runner(svi, args, model_kwargs)
     # (phase key, inverse temperature, steps, averaged) per phase, the final fit last.
     phases = [(jr.fold_in(key, i + 1), b, phase_steps, None) for i, b in enumerate(betas)]
     phases.append((key, 1.0, svi_steps - phase_steps * len(betas), average))
@@ -1160,12 +1160,12 @@ def fit_guide(
     init_params, losses = None, []
     with tqdm(total=svi_steps, disable=not progress_bar, desc="SVI") as bar:
         for phase_key, beta, steps, phase_average in phases:
-            beta_kwarg = {"_beta": jnp.asarray(beta)} if betas else {}
+            beta_kwarg = {"_beta": jnp.asarray(beta, jnp.result_type(float))} if betas else {}
             state = svi.init(
                 phase_key, *args, init_params=init_params, **beta_kwarg, **model_kwargs
             )
             state, avg, phase_losses = _run_svi(
-                run_chunk, svi, state, steps, phase_average, bar, beta
+                run_chunk, svi, state, steps, phase_average, bar, beta_kwarg
             )
             init_params = svi.get_params(state)
             losses.append(phase_losses)
@@ -1235,19 +1235,18 @@ def _beta_ignored(guide):
     return untempered
 
 
-def _svi_chunk_runner(svi, args, model_kwargs, tempered: bool):
-    """A compiled ``run_chunk(carry, beta, decay, length)``: ``length`` SVI steps.
+def _svi_chunk_runner(svi, args, model_kwargs):
+    """A compiled ``run_chunk(carry, beta_kwarg, decay, length)``: ``length`` SVI steps.
 
     ``carry = (state, avg, weight)``: ``avg`` is a bias-corrected exponential moving
     average of the unconstrained parameters with factor ``decay`` (a weighted mean with
-    weights ``decay**(t - i)``, ``weight`` their sum). ``beta`` is the inverse temperature
-    when ``tempered``, else unused. Only ``length`` is static, so the phases of a tempered
-    fit share one compilation per chunk length.
+    weights ``decay**(t - i)``, ``weight`` their sum). ``beta_kwarg`` is ``{"_beta": beta}``
+    for a :func:`_beta_tempered` model, else ``{}``. Only ``length`` is static, so the
+    phases of a tempered fit share one compilation per chunk length.
     """
 
-    def step(beta, decay, carry, _):
+    def step(beta_kwarg, decay, carry, _):
         state, avg, weight = carry
-        beta_kwarg = {"_beta": beta} if tempered else {}
         state, loss = svi.update(state, *args, **beta_kwarg, **model_kwargs)
         weight = decay * weight + 1.0
         current = svi.optim.get_params(state.optim_state)
@@ -1255,8 +1254,8 @@ def _svi_chunk_runner(svi, args, model_kwargs, tempered: bool):
         return (state, avg, weight), loss
 
     @functools.partial(jax.jit, static_argnums=3)
-    def run_chunk(carry, beta, decay, length):
-        return jax.lax.scan(functools.partial(step, beta, decay), carry, None, length=length)
+    def run_chunk(carry, beta_kwarg, decay, length):
+        return jax.lax.scan(functools.partial(step, beta_kwarg, decay), carry, None, length=length)
 
     return run_chunk
 
@@ -1276,8 +1275,10 @@ def _chunk_length(steps: int, target: int) -> int:
     return next((steps // n for n in range(n_min, 2 * n_min + 1) if steps % n == 0), target)
 
 
-def _run_svi(run_chunk, svi, state, steps, average, bar, beta=1.0):
+def _run_svi(run_chunk, svi, state, steps, average, bar, beta_kwarg):
     """``steps`` SVI steps from ``state`` by ``run_chunk``, in chunks that advance ``bar``.
+
+    ``beta_kwarg`` is passed on to each step (see :func:`_svi_chunk_runner`).
 
     Returns ``(state, avg, losses)``: ``avg`` the bias-corrected moving average of the
     unconstrained parameters (time constant ``average * steps``; the last iterate when
@@ -1286,14 +1287,13 @@ def _run_svi(run_chunk, svi, state, steps, average, bar, beta=1.0):
     raw = svi.optim.get_params(state.optim_state)
     dtype = jnp.result_type(float)
     decay = jnp.asarray(1.0 - 1.0 / max(average * steps, 1.0) if average else 0.0, dtype)
-    beta = jnp.asarray(beta, dtype)
     chunk = _chunk_length(steps, max(min(bar.total // 50, 500), 1)) if not bar.disable else steps
     carry = (state, raw, jnp.zeros((), dtype))
     losses = []
     done = 0
     while done < steps:
         n = min(chunk, steps - done)
-        carry, chunk_losses = run_chunk(carry, beta, decay, n)
+        carry, chunk_losses = run_chunk(carry, beta_kwarg, decay, n)
         losses.append(np.asarray(chunk_losses))
         done += n
         bar.set_postfix(loss=f"{float(np.mean(losses[-1])):.3f}")
