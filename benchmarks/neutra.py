@@ -44,7 +44,12 @@ import numpyro.distributions as dist
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
 
-from numpyro_coupling.demo import comma_floats, format_table, probability
+from numpyro_coupling.demo import (
+    DEFAULT_TARGET_ACCEPT,
+    comma_floats,
+    format_table,
+    probability,
+)
 from numpyro_coupling.infer import (
     AutoCouplingFlow,
     fit_guide,
@@ -98,13 +103,9 @@ def _mode_stats(idata):
     return float(side.mean()), int(np.sum(side[1:] != side[:-1]))
 
 
-#: NumPyro's default ``target_accept_prob`` for NUTS.
-DEFAULT_TARGET_ACCEPT = 0.8
-
-
 def row_key_of(target, method, row) -> str:
     """A stored row's name: rows of other settings are kept beside the defaults' rows."""
-    accept = row.get("target_accept", DEFAULT_TARGET_ACCEPT)
+    accept = row["target_accept"]
     suffix = "" if accept == DEFAULT_TARGET_ACCEPT else f"|accept {accept:g}"
     return f"{target}|{method}|{row['schedule']}{suffix}"
 
@@ -440,8 +441,7 @@ def main(argv=None):
         "acceptance probability of the `NUTS accept` column. SVI loss: "
         f"{args.loss_particles}-particle estimate of the negative ELBO (funnel: KL in nats).",
         "",
-        # Rows stored before the NUTS accept column existed ran at NumPyro's default.
-        format_table([{"target_accept": DEFAULT_TARGET_ACCEPT} | r for _, r in all_rows], COLUMNS),
+        format_table([r for _, r in all_rows], COLUMNS),
     ]
     if all_scaling:
         text += [

@@ -78,8 +78,7 @@ def summarise(rows, targets, methods):
     groups = {}
     for r in rows:
         if r["target"] in targets and r["method"] in labels:
-            accept = r.get("target_accept", neutra.DEFAULT_TARGET_ACCEPT)
-            group = (r["target"], r["method"], r.get("schedule", "-"), accept)
+            group = (r["target"], r["method"], r.get("schedule", "-"), r["target_accept"])
             groups.setdefault(group, []).append(r)
     lines = [
         "| target | method | Adam step | NUTS accept | keys | SVI loss | ESS/grad | divergences |",

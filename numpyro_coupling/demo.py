@@ -280,6 +280,10 @@ def probability(text: str) -> float:
     return value
 
 
+#: NumPyro's default ``target_accept_prob`` for NUTS.
+DEFAULT_TARGET_ACCEPT = 0.8
+
+
 def add_budget_arguments(
     parser,
     *,
@@ -288,7 +292,7 @@ def add_budget_arguments(
     num_samples,
     transformer="affine",
     temper=None,
-    target_accept=0.8,
+    target_accept=DEFAULT_TARGET_ACCEPT,
 ):
     """The command-line options shared by the demo and the NeuTra examples."""
     parser.add_argument("--out", default="out", help="directory for the figures (default out/)")
