@@ -270,6 +270,12 @@ def scaling_rows(dims, n_steps):
         guides[f"AutoCouplingFlow affine (width {width}: IAF's parameter count)"] = (
             AutoCouplingFlow(model, transformer="affine", nn_width=width)
         )
+        # As deep as the IAF guide (two couplings against its two autoregressive layers) and
+        # as many parameters: the mechanism's own cost, apart from the default's depth.
+        shallow = _matching_width(model, iaf_params, n_layers=2)
+        guides[
+            f"AutoCouplingFlow affine (2 layers, width {shallow}: IAF's depth and parameter count)"
+        ] = AutoCouplingFlow(model, transformer="affine", n_layers=2, nn_width=shallow)
         # The same without the "sticking the landing" estimator's second flow pass, without
         # the conditioners' linear path, and without both.
         for label, kw in [
@@ -293,11 +299,11 @@ def scaling_rows(dims, n_steps):
     return rows
 
 
-def _matching_width(model, target_params):
+def _matching_width(model, target_params, n_layers=8):
     best, best_gap = 1, np.inf
-    for width in (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
-        svi = SVI(model, AutoCouplingFlow(model, transformer="affine", nn_width=width),
-                  numpyro.optim.Adam(1e-3), Trace_ELBO())  # fmt: skip
+    for width in (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536):
+        guide = AutoCouplingFlow(model, transformer="affine", n_layers=n_layers, nn_width=width)
+        svi = SVI(model, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
         n = _n_params(svi.get_params(svi.init(jr.key(0))))
         gap = abs(np.log(n / target_params))
         if gap < best_gap:

@@ -358,8 +358,45 @@ class GuideConditioner(eqx.Module):
         return by_coord.reshape(out.shape)
 
 
-#: Flow parameter count up to which the guide keeps them as one flat vector.
-_RAVEL_MAX = 1 << 20
+#: Flow leaves of up to this many entries share one flat vector (see :func:`_pack_leaves`).
+_PACK_MAX_LEAF = 1024
+
+
+def _pack_leaves(tree, max_leaf: int = _PACK_MAX_LEAF):
+    """Pack a pytree's arrays for the optimiser: small leaves in one flat vector.
+
+    Adam updates every array with its own kernels, so dozens of tiny leaves (biases,
+    small kernels) dominate a small guide's step time; one flat vector updates them at
+    once. Slicing a kernel back out of a flat vector copies it on every pass, though,
+    which for large kernels costs more than their own update: they stay separate.
+
+    Args:
+        tree: pytree of arrays.
+        max_leaf: largest leaf (in entries) that goes into the flat vector.
+
+    Returns:
+        ``(packed, unpack)``: the flat vector alone when every leaf is small, else a list
+        ``[flat, *large_leaves]`` (``flat`` left out when no leaf is small), and the
+        function mapping ``packed`` back to the pytree.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    small = [i for i, leaf in enumerate(leaves) if leaf.size <= max_leaf]
+    large = [i for i, leaf in enumerate(leaves) if leaf.size > max_leaf]
+    if not large:
+        return ravel_pytree(tree)
+    flat, unravel = ravel_pytree([leaves[i] for i in small])
+    packed = ([flat] if small else []) + [leaves[i] for i in large]
+
+    def unpack(packed):
+        out = [None] * len(leaves)
+        if small:
+            for i, leaf in zip(small, unravel(packed[0])):
+                out[i] = leaf
+        for i, leaf in zip(large, packed[1:] if small else packed):
+            out[i] = leaf
+        return jax.tree.unflatten(treedef, out)
+
+    return packed, unpack
 
 
 #: The linear path reads ``soft_clamp(x, _LINEAR_REACH * bound)``.
@@ -535,9 +572,10 @@ class AutoCouplingFlow(AutoContinuous):
 
     Parameters (``numpyro.param`` sites): ``{prefix}_loc`` and ``{prefix}_scale`` (the
     elementwise layer, ``(latent_dim,)``, the scale positive) and ``{prefix}_flow$params``
-    (the couplings' trainable leaves: raveled into one vector up to about a million
-    parameters, so the optimiser updates one array, and the list of leaves above;
-    :meth:`get_normaliser` gives the layers back). The conditioners' final kernels
+    (the couplings' trainable leaves: the leaves of up to 1024 entries raveled into one
+    vector, so the optimiser updates them as one array, and when some kernel is larger, a
+    list of that vector and each larger kernel; :meth:`get_normaliser` gives the layers
+    back). The conditioners' final kernels
     start at zero, so the guide starts as ``N(loc, scale^2)``.
 
     The defaults were chosen on the NeuTra benchmarks (``benchmarks/neutra.py``):
@@ -714,18 +752,8 @@ class AutoCouplingFlow(AutoContinuous):
                 scale = jnp.full(d, self.init_scale, dtype)
         self._init_loc, self._init_scale_vec = loc, scale
         flow_params, self._flow_static = eqx.partition(layers, eqx.is_inexact_array)
-        n_flow = sum(leaf.size for leaf in jax.tree.leaves(flow_params))
-        if n_flow <= _RAVEL_MAX:
-            # One flat vector for the optimiser: Adam then updates one array instead of one
-            # per leaf (dozens of tiny arrays), which dominates the step time of small guides.
-            self._flow_init, self._unravel_flow = ravel_pytree(flow_params)
-        else:
-            # Large guides keep their leaves: slicing a flat vector back into kernels copies
-            # every weight on each pass, which costs more than per-leaf updates save.
-            # (A plain list: numpyro.param would call a module as an initialiser.)
-            leaves, treedef = jax.tree.flatten(flow_params)
-            self._flow_init = leaves
-            self._unravel_flow = functools.partial(jax.tree.unflatten, treedef)
+        # (A plain list: numpyro.param would call a module as an initialiser.)
+        self._flow_init, self._unravel_flow = _pack_leaves(flow_params)
 
     def _curvature_scale(self, key, fallback=1.0, bounds=(1e-4, 5.0), max_exact=1024):
         def potential(x):

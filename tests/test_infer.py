@@ -284,6 +284,24 @@ def test_get_transform_is_one_pass_with_memo():
     assert jnp.allclose(z2, z, atol=1e-5) and jnp.allclose(inv_log_det, -log_det, atol=1e-5)
 
 
+def test_flow_params_pack_small_leaves_into_one_vector():
+    tree = {"a": jnp.ones((3, 4)), "b": [jnp.arange(2000.0).reshape(40, 50), jnp.zeros(5)]}
+    packed, unpack = infer._pack_leaves(tree, max_leaf=1024)
+    # Small leaves (12 + 5 entries) share one vector; the large kernel stays an array.
+    assert [p.shape for p in packed] == [(17,), (40, 50)]
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, unpack(packed), tree))
+    # Only small leaves: the flat vector itself; only large leaves: no empty vector.
+    assert infer._pack_leaves(tree, max_leaf=10**6)[0].shape == (2017,)
+    only_large, unpack_large = infer._pack_leaves(tree, max_leaf=0)
+    assert len(only_large) == 3
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, unpack_large(only_large), tree))
+    # A guide whose kernels exceed the limit keeps them as separate parameters.
+    guide = AutoCouplingFlow(gaussian_2d, n_layers=2, nn_width=40)
+    svi = SVI(gaussian_2d, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+    flow = svi.get_params(svi.init(jr.key(0)))["auto_flow$params"]
+    assert [p.shape for p in flow[1:]] == [(40, 40)] * 2 and flow[0].ndim == 1
+
+
 def test_neutra_mcmc_passes_nuts_kwargs():
     def accept(nuts_kwargs):
         _, idata = neutra_mcmc(
