@@ -1,6 +1,9 @@
 """AutoCouplingFlow as an SVI guide and a NeuTra reparameteriser; the demo's quick mode."""
 
 import argparse
+import os
+import subprocess
+import sys
 
 import equinox as eqx
 import jax
@@ -300,6 +303,27 @@ def test_flow_params_pack_small_leaves_into_one_vector():
     svi = SVI(gaussian_2d, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
     flow = svi.get_params(svi.init(jr.key(0)))["auto_flow$params"]
     assert [p.shape for p in flow[1:]] == [(40, 40)] * 2 and flow[0].ndim == 1
+
+
+_REPEAT_FIT = """
+import jax.random as jr
+from numpyro_coupling.infer import AutoCouplingFlow, fit_guide
+from numpyro_coupling.targets import eight_schools
+guide = AutoCouplingFlow(eight_schools, n_layers=2, nn_width=4)
+losses = fit_guide(eight_schools, guide=guide, svi_steps=20, key=jr.key(1), progress_bar=False)[2]
+print([float(x).hex() for x in losses])
+"""
+
+
+def test_fit_guide_repeats_across_processes():
+    # NumPyro's Trace_ELBO sums its per-site terms in set order, which follows the
+    # interpreter's string hashing: with it the two processes' losses differ.
+    def losses(hash_seed):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        run = [sys.executable, "-c", _REPEAT_FIT]
+        return subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
+
+    assert losses("1") == losses("2")
 
 
 def test_neutra_mcmc_passes_nuts_kwargs():
