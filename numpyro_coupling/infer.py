@@ -576,8 +576,8 @@ class AutoCouplingFlow(AutoContinuous):
     (the couplings' trainable leaves: the leaves of up to 1024 entries raveled into one
     vector, so the optimiser updates them as one array, and when some kernel is larger, a
     list of that vector and each larger kernel; :meth:`get_normaliser` gives the layers
-    back). The conditioners' final kernels
-    start at zero, so the guide starts as ``N(loc, scale^2)``.
+    back). The conditioners' final kernels start at zero, so the guide starts as
+    ``N(loc, scale^2)``.
 
     The defaults were chosen on the NeuTra benchmarks (``benchmarks/neutra.py``):
 
@@ -753,7 +753,7 @@ class AutoCouplingFlow(AutoContinuous):
                 scale = jnp.full(d, self.init_scale, dtype)
         self._init_loc, self._init_scale_vec = loc, scale
         flow_params, self._flow_static = eqx.partition(layers, eqx.is_inexact_array)
-        # (A plain list: numpyro.param would call a module as an initialiser.)
+        # Arrays, not the module: numpyro.param would call a module as an initialiser.
         self._flow_init, self._unravel_flow = _pack_leaves(flow_params)
 
     def _curvature_scale(self, key, fallback=1.0, bounds=(1e-4, 5.0), max_exact=1024):
