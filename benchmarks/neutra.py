@@ -308,6 +308,8 @@ def _matching_width(model, target_params, n_layers=8):
         gap = abs(np.log(n / target_params))
         if gap < best_gap:
             best, best_gap = width, gap
+        if n >= target_params:  # the count grows with the width: wider guides are further
+            break
     return best
 
 
