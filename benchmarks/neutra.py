@@ -152,6 +152,7 @@ def run_method(target, method, args, pilot, key):
             schedule=args.schedule,
             clip_norm=clip_norm,
             temper=args.temper or None,
+            num_particles=args.particles,
             key=k_svi,
             progress_bar=args.progress,
             return_last=True,
@@ -161,7 +162,7 @@ def run_method(target, method, args, pilot, key):
         optim = guide_optimizer(
             args.learning_rate, args.svi_steps, schedule=args.schedule, clip_norm=clip_norm
         )
-        svi = SVI(model, guide, optim, Trace_ELBO())
+        svi = SVI(model, guide, optim, Trace_ELBO(num_particles=args.particles))
         timer = _step_timer(svi, svi.init(k_svi))
         row["svi_ms_per_step"] = 1e3 * _median_seconds({"step": timer}, repeats=5)["step"]
         row["n_params"] = _n_params(params)
@@ -178,7 +179,8 @@ def run_method(target, method, args, pilot, key):
 def _schedule_label(args):
     clip = f", clip {args.clip_norm:g}" if args.clip_norm else ""
     temper = ", tempered " + "/".join(f"{b:g}" for b in args.temper) if args.temper else ""
-    return f"{args.schedule}{clip}{temper}"
+    particles = f", {args.particles} particles" if args.particles > 1 else ""
+    return f"{args.schedule}{clip}{temper}{particles}"
 
 
 #: Loss levels for the "steps to reach" column (about the best peer's final loss).
@@ -366,6 +368,12 @@ def main(argv=None):
         help="inverse temperatures of fit_guide's warm-up phases, e.g. 0.1,0.3,0.6",
     )
     parser.add_argument(
+        "--particles",
+        type=int,
+        default=1,
+        help="guide draws per SVI step (fit_guide's num_particles), for every guide alike",
+    )
+    parser.add_argument(
         "--target-accept",
         type=probability,
         default=DEFAULT_TARGET_ACCEPT,
@@ -443,8 +451,8 @@ def main(argv=None):
         f"Machine: {platform.machine()}, {jax.device_count()} JAX device(s) "
         f"({jax.devices()[0].platform}), jax {jax.__version__}, numpyro {numpyro.__version__}. "
         f"SVI {args.svi_steps} steps (Adam, peak step {args.learning_rate}, Trace_ELBO; "
-        "the `Adam step` column: constant or cosine decay to a tenth, and the gradient "
-        "clipping); NUTS "
+        "the `Adam step` column: constant or cosine decay to a tenth, the gradient "
+        "clipping, and the particles per step where more than one); NUTS "
         f"{args.num_warmup} warmup + {args.num_samples} draws, one chain, at the target "
         "acceptance probability of the `NUTS accept` column. SVI loss: "
         f"{args.loss_particles}-particle estimate of the negative ELBO (funnel: KL in nats).",
