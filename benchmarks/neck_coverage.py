@@ -4,11 +4,15 @@ Divergences alone do not tell a sampler that explores the neck from one that nev
 there. This script draws a long reference from the *non-centred* eight-schools model (plain
 NUTS is exact and mixes well there) and compares its lower quantiles of ``log tau`` with
 those of (a) 20,000 draws of each fitted guide and (b) each guide's NeuTra chain, along
-with the chain's divergences and ESS per gradient. Guides, SVI and NUTS settings are those
-of ``neutra.py`` (``fit_guide``: cosine decay, clip 10, 10,000 steps; NUTS 1000 + 1000).
+with the chain's divergences and ESS per gradient. It also maps the reference draws at those
+quantiles through each guide's normalising direction: NUTS runs in that warped space, and a
+neck the guide under-covers lands far out in it (a perfect guide puts the draws at a norm of
+about ``sqrt(10)``), where the warped density is stiff. Guides, SVI and NUTS settings are
+those of ``neutra.py`` (``fit_guide``: cosine decay, clip 10, 10,000 steps; NUTS 1000 + 1000).
 
     python benchmarks/neck_coverage.py                 # nuts, ours-affine, iaf32, bnaf; key 0
     python benchmarks/neck_coverage.py --seeds 0 1 --methods ours-affine
+    python benchmarks/neck_coverage.py --particles 32  # fit_guide's num_particles, all guides
     python benchmarks/neck_coverage.py --quick         # smoke test
 """
 
@@ -56,22 +60,62 @@ def non_centred():
         numpyro.sample("y", dist.Normal(mu + tau * eta, jnp.asarray(EIGHT_SCHOOLS_SIGMA)), obs=y)
 
 
-def reference_log_tau(n, key):
+def reference_draws(n, key):
+    """``n`` posterior draws of the centred model's sites ``mu``, ``tau``, ``theta``."""
     mcmc = MCMC(NUTS(non_centred), num_warmup=2000, num_samples=n, progress_bar=False)
     mcmc.run(key)
-    return np.log(np.asarray(mcmc.get_samples()["tau"]))
+    d = mcmc.get_samples()
+    theta = d["mu"][:, None] + d["tau"][:, None] * d["eta"]
+    return {"mu": d["mu"], "tau": d["tau"], "theta": theta}
+
+
+def warped_norms(guide, params, ref, band=25):
+    """Median norm, in the guide's base space, of the reference draws at each quantile.
+
+    Args:
+        guide: fitted ``AutoContinuous`` guide with a ``get_normaliser`` or ``get_transform``.
+        params: its parameters.
+        ref: reference draws (see :func:`reference_draws`).
+        band: draws on each side of a quantile's position in the ``log tau`` order.
+
+    Returns:
+        ``(len(QUANTILES),)`` median norms, or ``None`` for a guide without an inverse.
+    """
+    log_tau = np.log(np.asarray(ref["tau"]))
+    order = np.argsort(log_tau)
+    pos = [int(q * len(order)) for q in QUANTILES]
+    idx = np.concatenate([order[max(p - band, 0) : p + band + 1] for p in pos])
+    sel = {k: v[idx] for k, v in ref.items()}
+    x = guide.unconstrained_latent(sel) if hasattr(guide, "unconstrained_latent") else None
+    if x is None:  # a NumPyro autoguide: flatten by its own unpacking order
+        x = jnp.concatenate(
+            [jnp.reshape(_unconstrain(guide, k, sel[k]), (len(idx), -1)) for k in guide._init_locs],
+            -1,
+        )
+    try:
+        z = guide.get_transform(params).inv(x)
+    except NotImplementedError:  # AutoBNAFNormal: no inverse
+        return None
+    norms = np.linalg.norm(np.asarray(z), axis=-1).reshape(len(QUANTILES), -1)
+    return np.median(norms, axis=1)
+
+
+def _unconstrain(guide, name, value):
+    support = guide.prototype_trace[name]["fn"].support
+    return dist.biject_to(support).inv(value)
 
 
 def fmt(q):
     return " / ".join(f"{v:.2f}" for v in q)
 
 
-def chain_row(label, seed, guide_quantiles, idata):
+def chain_row(label, seed, guide_quantiles, warped, idata):
     eff = sampling_efficiency(idata)
     chain = np.log(idata.posterior["tau"].values[0])
     return (
-        f"| {label} | {seed} | {guide_quantiles} | {fmt(np.quantile(chain, QUANTILES))} | "
-        f"{eff['divergences']} | {eff['ess_per_grad']:.4f} |"
+        f"| {label} | {seed} | {guide_quantiles} | {warped} | "
+        f"{fmt(np.quantile(chain, QUANTILES))} | {eff['divergences']} | "
+        f"{eff['ess_per_grad']:.4f} |"
     )
 
 
@@ -80,6 +124,7 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["nuts", "ours-affine", "iaf32", "bnaf"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--svi-steps", type=int, default=10_000)
+    parser.add_argument("--particles", type=int, default=1, help="fit_guide's num_particles")
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--reference-samples", type=int, default=50_000)
@@ -93,17 +138,22 @@ def main(argv=None):
         args.svi_steps, args.num_warmup, args.num_samples = 50, 50, 50
         args.reference_samples, args.methods, args.seeds = 2000, args.methods[:1], [0]
 
-    ref = reference_log_tau(args.reference_samples, jr.key(0))
+    ref = reference_draws(args.reference_samples, jr.key(0))
+    ref_log_tau = np.log(np.asarray(ref["tau"]))
+    particles = f", {args.particles} particles per step" if args.particles > 1 else ""
     lines = [
         "Eight schools (centred): lower quantiles "
         + ", ".join(f"{q:g}" for q in QUANTILES)
         + " of log tau. Reference: plain NUTS on the non-centred model, "
-        f"{args.reference_samples} draws. Guides: `fit_guide` ({args.svi_steps} steps); "
-        f"chains: NeuTra NUTS (plain NUTS for its row) {args.num_warmup} + {args.num_samples}.",
+        f"{args.reference_samples} draws. Guides: `fit_guide` ({args.svi_steps} steps"
+        f"{particles}); chains: NeuTra NUTS (plain NUTS for its row) {args.num_warmup} + "
+        f"{args.num_samples}. Warped: the median norm, in the guide's base space, of the "
+        "reference draws at those quantiles (a perfect guide: about 3.2 to 4).",
         "",
-        "| method | key | guide draws | chain | divergences | ESS / gradient |",
-        "|---|---|---|---|---|---|",
-        f"| reference (non-centred NUTS) | 0 | - | {fmt(np.quantile(ref, QUANTILES))} | - | - |",
+        "| method | key | guide draws | warped | chain | divergences | ESS / gradient |",
+        "|---|---|---|---|---|---|---|",
+        f"| reference (non-centred NUTS) | 0 | - | - | {fmt(np.quantile(ref_log_tau, QUANTILES))} "
+        "| - | - |",
     ]
     for method in args.methods:
         label, make_guide = neutra.METHODS[method]
@@ -114,22 +164,26 @@ def main(argv=None):
             )
             if make_guide is None:  # plain NUTS on the centred model
                 _, idata = nuts_mcmc(eight_schools, key=k_mcmc, **mcmc_kw)
-                lines.append(chain_row(label, seed, "-", idata))
+                lines.append(chain_row(label, seed, "-", "-", idata))
                 print(lines[-1], flush=True)
                 continue
             guide, params, _ = fit_guide(
                 eight_schools,
                 guide=make_guide(eight_schools, None),
                 svi_steps=args.svi_steps,
+                num_particles=args.particles,
                 key=k_svi,
                 progress_bar=False,
             )
             draws = guide.sample_posterior(k_draw, params, sample_shape=(20_000,))
             _, idata = neutra_nuts(eight_schools, guide, params, key=k_mcmc, **mcmc_kw)
             guide_q = fmt(np.quantile(np.log(draws["tau"]), QUANTILES))
-            lines.append(chain_row(label, seed, guide_q, idata))
+            norms = warped_norms(guide, params, ref)
+            warped = "-" if norms is None else " / ".join(f"{v:.1f}" for v in norms)
+            lines.append(chain_row(label, seed, guide_q, warped, idata))
             print(lines[-1], flush=True)
-    write_markdown(lines, args.out, "neck_coverage_quick" if args.quick else "neck_coverage")
+    name = "neck_coverage" + (f"_particles{args.particles}" if args.particles > 1 else "")
+    write_markdown(lines, args.out, name + ("_quick" if args.quick else ""))
 
 
 if __name__ == "__main__":
