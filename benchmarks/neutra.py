@@ -52,6 +52,7 @@ from numpyro_coupling.demo import (
 )
 from numpyro_coupling.infer import (
     AutoCouplingFlow,
+    SiteOrderedTraceELBO,
     fit_guide,
     guide_optimizer,
     neutra_nuts,
@@ -166,7 +167,7 @@ def run_method(target, method, args, pilot, key):
         timer = _step_timer(svi, svi.init(k_svi))
         row["svi_ms_per_step"] = 1e3 * _median_seconds({"step": timer}, repeats=5)["step"]
         row["n_params"] = _n_params(params)
-        elbo = Trace_ELBO(num_particles=args.loss_particles)
+        elbo = SiteOrderedTraceELBO(num_particles=args.loss_particles)
         row["svi_loss"] = float(elbo.loss(k_loss, params, model, guide))
         row["svi_loss_last"] = float(elbo.loss(k_loss, last, model, guide))
         _, idata = neutra_nuts(model, guide, params, key=k_mcmc, **mcmc_kw)

@@ -8,6 +8,8 @@ log-det is the sum of the transformer's elementwise log-dets over ``B``.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -187,6 +189,8 @@ def _contiguous(idx) -> bool:
     return len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1
 
 
+# Cached: every pass asks again for the same masks (static tuples).
+@functools.cache
 def _periodic(idx, size: int) -> tuple[int, int] | None:
     """``(period, phase)`` if ``idx == {i < size : (i // period) % 2 == phase}``, else ``None``.
 
