@@ -1442,6 +1442,7 @@ def neutra_mcmc(
     learning_rate: float = 3e-3,
     average: float | None = 0.1,
     temper=None,
+    num_particles: int = 1,
     num_warmup: int = 1000,
     num_samples: int = 1000,
     num_chains: int = 1,
@@ -1462,6 +1463,7 @@ def neutra_mcmc(
         average: parameter averaging of :func:`fit_guide`.
         temper: tempered warm-up phases of :func:`fit_guide` (for multimodal
             posteriors).
+        num_particles: guide draws per SVI step (see :func:`fit_guide`).
         num_warmup: NUTS warmup iterations per chain.
         num_samples: NUTS draws per chain.
         num_chains: chains.
@@ -1500,6 +1502,7 @@ def neutra_mcmc(
         learning_rate=learning_rate,
         average=average,
         temper=temper,
+        num_particles=num_particles,
         key=svi_key,
         progress_bar=progress_bar,
         **model_kwargs,

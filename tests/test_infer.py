@@ -207,6 +207,8 @@ def test_fit_guide_averages_num_particles_per_step():
     assert loss_spread(64) < loss_spread(1) / 4
     with pytest.raises(ValueError, match="num_particles"):
         fit_guide(gaussian_2d, svi_steps=1, num_particles=0, progress_bar=False)
+    with pytest.raises(ValueError, match="num_particles"):  # passed on by neutra_mcmc
+        neutra_mcmc(gaussian_2d, svi_steps=1, num_particles=0, progress_bar=False)
 
 
 def two_modes():
