@@ -7,7 +7,7 @@ those of (a) 20,000 draws of each fitted guide and (b) each guide's NeuTra chain
 with the chain's divergences and ESS per gradient. It also maps the reference draws at those
 quantiles through each guide's normalising direction: NUTS runs in that warped space, and a
 neck the guide under-covers lands far out in it (a perfect guide puts the draws at a norm of
-about ``sqrt(10)``), where the warped density is stiff. Guides, SVI and NUTS settings are
+about 3.2 to 4), where the warped density is stiff. Guides, SVI and NUTS settings are
 those of ``neutra.py`` (``fit_guide``: cosine decay, clip 10, 10,000 steps; NUTS 1000 + 1000).
 
     python benchmarks/neck_coverage.py                 # nuts, ours-affine, iaf32, bnaf; key 0
@@ -73,7 +73,7 @@ def warped_norms(guide, params, ref, band=25):
     """Median norm, in the guide's base space, of the reference draws at each quantile.
 
     Args:
-        guide: fitted ``AutoContinuous`` guide with a ``get_normaliser`` or ``get_transform``.
+        guide: fitted ``AutoContinuous`` guide.
         params: its parameters.
         ref: reference draws (see :func:`reference_draws`).
         band: draws on each side of a quantile's position in the ``log tau`` order.

@@ -1171,8 +1171,9 @@ def fit_guide(
             length, and the progress bar's chunks divide the phases where they can.
         num_particles: guide draws per step whose ELBO terms are averaged (vectorised).
             More particles lower the gradient noise, which sets the final KL divergence
-            of a flow guide; for latent spaces of tens of dimensions a step costs little
-            more, since its time goes to launching kernels, not to arithmetic.
+            of a flow guide. At small latent dimension a step costs far less than
+            ``num_particles`` single-draw steps (on eight schools, 32 particles cost about
+            five times one).
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show a progress bar.
         return_last: also return the last iterate's parameters.
