@@ -40,6 +40,7 @@ def compare_samplers(
     svi_steps: int = 5000,
     learning_rate: float = 3e-3,
     temper=None,
+    num_particles: int = 1,
     num_warmup: int = 500,
     num_samples: int = 500,
     seed: int = 0,
@@ -56,6 +57,8 @@ def compare_samplers(
         svi_steps: SVI steps (Adam, ``Trace_ELBO``).
         learning_rate: Adam step size.
         temper: inverse temperatures of the SVI warm-up phases (see
+            :func:`~numpyro_coupling.infer.fit_guide`).
+        num_particles: guide draws per SVI step (see
             :func:`~numpyro_coupling.infer.fit_guide`).
         num_warmup: NUTS warmup iterations (both samplers).
         num_samples: NUTS draws (both samplers).
@@ -91,6 +94,7 @@ def compare_samplers(
         svi_steps=svi_steps,
         learning_rate=learning_rate,
         temper=temper,
+        num_particles=num_particles,
         key=key_svi,
         progress_bar=progress_bar,
         **model_kwargs,
@@ -327,6 +331,9 @@ def add_budget_arguments(
         default=target_accept,
         help=f"NUTS target acceptance probability, both samplers (default {target_accept:g})",
     )
+    parser.add_argument(
+        "--particles", type=int, default=1, help="guide draws per SVI step (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(_budget=(svi_steps, num_warmup, num_samples), _temper=list(temper or ()))
@@ -347,6 +354,7 @@ def budgets(args) -> dict:
         "guide_kwargs": guide_kwargs,
         "svi_steps": args.svi_steps or (200 if quick else svi_steps),
         "temper": temper or None,
+        "num_particles": args.particles,
         "num_warmup": args.num_warmup or (100 if quick else num_warmup),
         "num_samples": args.num_samples or (100 if quick else num_samples),
         "seed": args.seed,
@@ -371,10 +379,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     kw = budgets(args)
     result = compare_samplers(funnel, dim=args.dim, **kw)
+    n = kw["num_particles"]
+    particles = f" ({n} draws each)" if n > 1 else ""
     print(
-        f"\nNeal's funnel, {args.dim}-D: SVI {kw['svi_steps']} steps, NUTS {kw['num_warmup']} "
-        f"warmup + {kw['num_samples']} draws, one chain (the funnel is normalised, so its "
-        "SVI loss is KL(q || p) in nats)\n"
+        f"\nNeal's funnel, {args.dim}-D: SVI {kw['svi_steps']} steps{particles}, NUTS "
+        f"{kw['num_warmup']} warmup + {kw['num_samples']} draws, one chain (the funnel is "
+        "normalised, so its SVI loss is KL(q || p) in nats)\n"
     )
     print(format_table(result["rows"]))
     out = Path(args.out)

@@ -374,6 +374,7 @@ def test_demo_quick(tmp_path):
     assert budgets(parser.parse_args(["--target-accept", "0.9"]))["nuts_kwargs"] == {
         "target_accept_prob": 0.9
     }
+    assert budgets(parser.parse_args(["--particles", "4"]))["num_particles"] == 4
     with pytest.raises(SystemExit):  # not a probability
         parser.parse_args(["--target-accept", "1.5"])
     assert (tmp_path / "neutra_funnel.png").exists()
