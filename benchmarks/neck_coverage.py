@@ -40,6 +40,7 @@ from numpyro_coupling.infer import (  # noqa: E402
     neutra_nuts,
     nuts_mcmc,
     sampling_efficiency,
+    unconstrained_draws,
 )
 from numpyro_coupling.targets import (  # noqa: E402
     EIGHT_SCHOOLS_SIGMA,
@@ -85,24 +86,15 @@ def warped_norms(guide, params, ref, band=25):
     order = np.argsort(log_tau)
     pos = [int(q * len(order)) for q in QUANTILES]
     idx = np.concatenate([order[max(p - band, 0) : p + band + 1] for p in pos])
-    sel = {k: v[idx] for k, v in ref.items()}
-    x = guide.unconstrained_latent(sel) if hasattr(guide, "unconstrained_latent") else None
-    if x is None:  # a NumPyro autoguide: flatten by its own unpacking order
-        x = jnp.concatenate(
-            [jnp.reshape(_unconstrain(guide, k, sel[k]), (len(idx), -1)) for k in guide._init_locs],
-            -1,
-        )
+    draws = unconstrained_draws(eight_schools, {k: v[idx] for k, v in ref.items()})
+    # Flattened in the guide's own order of its latent vector.
+    x = jnp.concatenate([draws[k].reshape(len(idx), -1) for k in guide._init_locs], -1)
     try:
         z = guide.get_transform(params).inv(x)
     except NotImplementedError:  # AutoBNAFNormal: no inverse
         return None
     norms = np.linalg.norm(np.asarray(z), axis=-1).reshape(len(QUANTILES), -1)
     return np.median(norms, axis=1)
-
-
-def _unconstrain(guide, name, value):
-    support = guide.prototype_trace[name]["fn"].support
-    return dist.biject_to(support).inv(value)
 
 
 def fmt(q):
