@@ -1221,14 +1221,13 @@ def fit_guide(
     # One schedule of ``phase_steps`` restarted by each phase (a fresh optimiser state);
     # the final fit's few extra steps, if any, run at its floor.
     optim = guide_optimizer(learning_rate, phase_steps, schedule=schedule, clip_norm=clip_norm)
+    elbo = SiteOrderedTraceELBO(num_particles)
     if betas:
         # The inverse temperature is an argument of one compiled step, not a constant
         # of one per phase: the phases share a single compilation.
-        svi = SVI(
-            _beta_tempered(model), _beta_ignored(guide), optim, SiteOrderedTraceELBO(num_particles)
-        )
+        svi = SVI(_beta_tempered(model), _beta_ignored(guide), optim, elbo)
     else:
-        svi = SVI(model, guide, optim, SiteOrderedTraceELBO(num_particles))
+        svi = SVI(model, guide, optim, elbo)
     run_chunk = _svi_chunk_runner(svi, args, model_kwargs)
     # (phase key, inverse temperature, steps, averaged) per phase, the final fit last.
     phases = [(jr.fold_in(key, i + 1), b, phase_steps, None) for i, b in enumerate(betas)]
