@@ -18,11 +18,31 @@ computed by a forward pass is handed back as the intermediates, so a
 
 from __future__ import annotations
 
+import functools
+
+import equinox as eqx
 import jax.numpy as jnp
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform
 
-__all__ = ["Bijection", "Chain", "event_constraint"]
+__all__ = ["Bijection", "Chain", "event_constraint", "one_program"]
+
+
+def one_program(method):
+    """Run ``method(self, ...)`` as one compiled program (``eqx.filter_jit``).
+
+    Called eagerly, JAX compiles and dispatches each primitive of a flow on its own: a first
+    call of a deep flow costs hundreds of small compilations (seconds), against one
+    compilation of the whole map. Under an outer ``jit``, ``vmap`` or ``grad`` the wrapper
+    is traced through and inlined, so it changes nothing there.
+    """
+    compiled = eqx.filter_jit(method)
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        return compiled(self, *args, **kwargs)
+
+    return wrapper
 
 
 def event_constraint(event_ndim: int):
@@ -55,10 +75,12 @@ class Bijection(Transform):
         raise NotImplementedError
 
     # --- seed-style convenience names ---------------------------------------------
+    @one_program
     def transform(self, x):
         """Forward map ``(*batch, *shape) -> (*batch, *shape)``."""
         return self.transform_and_log_det(x)[0]
 
+    @one_program
     def inverse(self, y):
         """Inverse map ``(*batch, *shape) -> (*batch, *shape)``."""
         return self.inverse_and_log_det(y)[0]

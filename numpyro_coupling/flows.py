@@ -9,7 +9,7 @@ import jax.random as jr
 import numpyro.distributions as dist
 from numpyro.distributions import TransformedDistribution
 
-from .bijection import Bijection, Chain, event_constraint
+from .bijection import Bijection, Chain, event_constraint, one_program
 from .coupling import AdditiveCoupling, AffineCoupling, MixtureGaussianCDFCoupling, RQSplineCoupling
 from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute
 
@@ -120,6 +120,7 @@ class CouplingFlow(TransformedDistribution):
         """The data-to-latent bijection."""
         return self.transforms[0].inv
 
+    @one_program
     def log_prob(self, value, intermediates=None):
         if intermediates is not None:
             return super().log_prob(value, intermediates)

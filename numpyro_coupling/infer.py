@@ -48,7 +48,7 @@ from numpyro.infer.reparam import NeuTraReparam
 from numpyro.infer.util import unconstrain_fn
 from tqdm.auto import tqdm
 
-from .bijection import Bijection, Chain
+from .bijection import Bijection, Chain, one_program
 from .coupling import Coupling
 from .flows import _permutation_layer
 from .linear import ActNorm1D
@@ -196,27 +196,18 @@ class Invert(Bijection):
         self.bijection = bijection
         self.shape = tuple(bijection.shape)
 
+    # Compiled passes: called eagerly (``svi.init``, ``sample_posterior``) a deep flow
+    # would otherwise run op by op.
+    @one_program
     def transform_and_log_det(self, x):
-        return _inverse_pass(self.bijection, x)
+        return self.bijection.inverse_and_log_det(x)
 
+    @one_program
     def inverse_and_log_det(self, y):
-        return _forward_pass(self.bijection, y)
+        return self.bijection.transform_and_log_det(y)
 
     def __repr__(self):
         return f"Invert({self.bijection!r})"
-
-
-# Compiled passes: called eagerly (``svi.init``, ``sample_posterior``) a deep flow would
-# otherwise run op by op, compiling every small primitive on its own; inside a traced
-# computation they are simply inlined.
-@jax.jit
-def _inverse_pass(bijection, x):
-    return bijection.inverse_and_log_det(x)
-
-
-@jax.jit
-def _forward_pass(bijection, x):
-    return bijection.transform_and_log_det(x)
 
 
 class _MemoInvert(Invert):

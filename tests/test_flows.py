@@ -1,5 +1,7 @@
 """Flows as NumPyro distributions: one-pass log_prob, sampling, pytree behaviour."""
 
+import logging
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ def _count_conditioner_calls(fn, *args):
     """How many times ``fn`` evaluates a conditioner network (counted while tracing)."""
     calls = []
     original = MLP.__call__
+    jax.clear_caches()  # a program compiled earlier would be reused without a trace
 
     def counting(self, x):
         calls.append(1)
@@ -30,6 +33,27 @@ def _count_conditioner_calls(fn, *args):
     finally:
         MLP.__call__ = original
     return len(calls)
+
+
+def test_eager_calls_compile_whole_programs():
+    # Op by op, a first eager call compiles every primitive on its own (about a hundred
+    # programs for this flow); each public method compiles as one program instead.
+    flow = coupling_flow(jr.key(3), (3,), transformer="spline", n_layers=2, zero_init=False)
+    x = jr.normal(jr.key(4), (5, 3))
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    jax.clear_caches()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            flow.log_prob(x)
+            flow.bijection.inverse(x)
+            flow.bijection.transform(x)
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    compiled = [m for m in messages if m.startswith("Finished XLA compilation")]
+    assert len(compiled) == 3, compiled
 
 
 @pytest.mark.parametrize("transformer", sorted(COUPLINGS))
