@@ -35,6 +35,19 @@ def one_program(method):
     call of a deep flow costs hundreds of small compilations (seconds), against one
     compilation of the whole map. Under an outer ``jit``, ``vmap`` or ``grad`` the wrapper
     is traced through and inlined, so it changes nothing there.
+
+    Args:
+        method: a method whose ``self`` is a pytree (a :class:`Bijection` or a NumPyro
+            distribution); arguments that are not arrays are compiled in as constants.
+
+    Returns:
+        The method, compiled once per structure of ``self`` and shape of the arguments.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from numpyro_coupling import Flip
+        >>> Flip((3,)).transform(jnp.arange(3.0)).tolist()  # Bijection.transform is wrapped
+        [2.0, 1.0, 0.0]
     """
     compiled = eqx.filter_jit(method)
 
