@@ -70,25 +70,36 @@ def reference_draws(n, key):
     return {"mu": d["mu"], "tau": d["tau"], "theta": theta}
 
 
-def warped_norms(guide, params, ref, band=25):
-    """Median norm, in the guide's base space, of the reference draws at each quantile.
+def neck_draws(ref, band=25):
+    """The reference draws around each of ``QUANTILES`` of ``log tau``, unconstrained.
 
     Args:
-        guide: fitted ``AutoContinuous`` guide.
-        params: its parameters.
         ref: reference draws (see :func:`reference_draws`).
         band: draws on each side of a quantile's position in the ``log tau`` order.
 
     Returns:
-        ``(len(QUANTILES),)`` median norms, or ``None`` for a guide without an inverse.
+        dict ``site -> (len(QUANTILES) * (2 * band + 1), *site_shape)``, quantile by quantile.
     """
-    log_tau = np.log(np.asarray(ref["tau"]))
-    order = np.argsort(log_tau)
+    order = np.argsort(np.log(np.asarray(ref["tau"])))
     pos = [int(q * len(order)) for q in QUANTILES]
     idx = np.concatenate([order[max(p - band, 0) : p + band + 1] for p in pos])
-    draws = unconstrained_draws(eight_schools, {k: v[idx] for k, v in ref.items()})
+    return unconstrained_draws(eight_schools, {k: v[idx] for k, v in ref.items()})
+
+
+def warped_norms(guide, params, neck):
+    """Median norm, in the guide's base space, of the neck draws at each quantile.
+
+    Args:
+        guide: fitted ``AutoContinuous`` guide.
+        params: its parameters.
+        neck: the output of :func:`neck_draws`.
+
+    Returns:
+        ``(len(QUANTILES),)`` median norms, or ``None`` for a guide without an inverse.
+    """
+    n = len(neck["tau"])
     # Flattened in the guide's own order of its latent vector.
-    x = jnp.concatenate([draws[k].reshape(len(idx), -1) for k in guide._init_locs], -1)
+    x = jnp.concatenate([neck[k].reshape(n, -1) for k in guide._init_locs], -1)
     try:
         z = guide.get_transform(params).inv(x)
     except NotImplementedError:  # AutoBNAFNormal: no inverse
@@ -132,6 +143,7 @@ def main(argv=None):
 
     ref = reference_draws(args.reference_samples, jr.key(0))
     ref_log_tau = np.log(np.asarray(ref["tau"]))
+    neck = neck_draws(ref)  # the same for every guide: mapped through each in turn
     particles = f", {args.particles} particles per step" if args.particles > 1 else ""
     lines = [
         "Eight schools (centred): lower quantiles "
@@ -170,7 +182,7 @@ def main(argv=None):
             draws = guide.sample_posterior(k_draw, params, sample_shape=(20_000,))
             _, idata = neutra_nuts(eight_schools, guide, params, key=k_mcmc, **mcmc_kw)
             guide_q = fmt(np.quantile(np.log(draws["tau"]), QUANTILES))
-            norms = warped_norms(guide, params, ref)
+            norms = warped_norms(guide, params, neck)
             warped = "-" if norms is None else " / ".join(f"{v:.1f}" for v in norms)
             lines.append(chain_row(label, seed, guide_q, warped, idata))
             print(lines[-1], flush=True)
