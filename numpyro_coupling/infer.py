@@ -8,8 +8,9 @@ sites into one unconstrained vector ``x`` and models it as
 where ``T`` is a stack of coupling layers (the normalising direction, data to latent, as
 in :class:`~numpyro_coupling.CouplingFlow`). The learnt elementwise ``loc``/``scale`` layer
 puts the couplings in standardised coordinates, so a spline's fixed interval covers the
-bulk of the posterior whatever its scale; the conditioners start at zero, so the guide
-starts as ``N(init_loc, init_scale^2)``.
+bulk of the posterior whatever its scale; the conditioners start at zero, so with the
+affine, spline and additive transformers the guide starts as ``N(init_loc, init_scale^2)``
+(a mixture-CDF coupling at zero parameters is not the identity).
 
 Sampling (what ``SVI`` and ``NeuTraReparam`` need) runs ``T^-1`` and its log-det in one
 pass per coupling; density evaluation (``get_posterior(...).log_prob``) runs ``T`` in one
@@ -27,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
 import warnings
+import weakref
 
 import equinox as eqx
 import jax
@@ -219,12 +222,22 @@ class _MemoInvert(Invert):
 
     def __call__(self, x):
         y, log_det = self.transform_and_log_det(x)
-        self._memo = (x, y, log_det)
+        try:
+            memo = (weakref.ref(x), weakref.ref(y), log_det)
+        except TypeError:  # a Python scalar: nothing to remember it by
+            return y
+        self._memo = memo
+        # The memo lives only as long as ``y``: a traced call leaves no tracer in the object.
+        weakref.finalize(y, self._forget, memo)
         return y
+
+    def _forget(self, memo):
+        if getattr(self, "_memo", None) is memo:
+            del self._memo
 
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         memo = getattr(self, "_memo", None)
-        if intermediates is None and memo is not None and memo[0] is x and memo[1] is y:
+        if intermediates is None and memo is not None and memo[0]() is x and memo[1]() is y:
             return memo[2]
         return super().log_abs_det_jacobian(x, y, intermediates)
 
@@ -432,6 +445,14 @@ def bit_masks(dim: int, n_layers: int) -> np.ndarray:
     whichever coordinates play which role. Random masks miss a given pair in a given
     layer with probability 3/4.
 
+    With fewer layers, ``p = n_layers // 2`` pairs, the first ``2^p`` coordinates keep
+    those codes and the others take the remaining codes active in exactly ``p`` of the
+    ``2p`` paired layers (in complementary pairs, so every layer stays half active). No
+    code of that weight contains another, so every ordered pair still meets while
+    ``dim <= C(2p, p)``: 70 coordinates for eight layers, 252 for ten, 924 for twelve,
+    3432 for fourteen, the most any ``2p`` masks can reach (Sperner's theorem). Beyond
+    that the codes repeat, and coordinates sharing one never meet.
+
     Args:
         dim: number of coordinates (``>= 2``).
         n_layers: number of masks.
@@ -442,6 +463,8 @@ def bit_masks(dim: int, n_layers: int) -> np.ndarray:
     Example:
         >>> bit_masks(4, 4).astype(int).tolist()
         [[0, 1, 0, 1], [1, 0, 1, 0], [0, 0, 1, 1], [1, 1, 0, 0]]
+        >>> bit_masks(5, 4).astype(int).T.tolist()  # the fifth coordinate: a new code
+        [[0, 1, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0]]
     """
     n_bits = max(int(np.ceil(np.log2(dim))), 1)
     idx = np.arange(dim)
@@ -449,7 +472,30 @@ def bit_masks(dim: int, n_layers: int) -> np.ndarray:
     for k in range(n_layers):
         active = (idx >> ((k // 2) % n_bits)) & 1 == 1
         masks.append(~active if k % 2 else active)
-    return np.stack(masks)
+    masks = np.stack(masks)
+    n_pairs = n_layers // 2
+    if 0 < n_pairs < n_bits:
+        masks[: 2 * n_pairs] = _balanced_codes(dim, n_pairs).T
+    return masks
+
+
+def _balanced_codes(dim: int, n_pairs: int) -> np.ndarray:
+    """``(dim, 2 * n_pairs)`` codes of weight ``n_pairs``: index bits first, then the rest."""
+    n_layers = 2 * n_pairs
+    bits = (np.arange(2**n_pairs)[:, None] >> np.arange(n_pairs)) & 1 == 1
+    codes = [tuple(c) for c in np.stack([bits, ~bits], axis=-1).reshape(-1, n_layers)]
+    used = set(codes)
+    for active in itertools.combinations(range(n_layers), n_pairs):
+        if len(codes) >= dim:
+            break
+        code = tuple(k in active for k in range(n_layers))
+        if code in used:
+            continue
+        complement = tuple(not c for c in code)
+        codes += [code, complement]
+        used.update((code, complement))
+    codes = np.array(codes, dtype=bool)
+    return codes[np.arange(dim) % len(codes)]
 
 
 def guide_flow_layers(
@@ -541,6 +587,21 @@ class _GuidePosterior(TransformedDistribution):
         return self.base_dist.log_prob(z) + log_det
 
 
+def _checked_init_scale(value) -> float | str:
+    """``"auto"``, or ``value`` as a positive float (a Python, NumPy or JAX scalar)."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    scale = float("nan")
+    if not isinstance(value, (bool, np.bool_)) and np.ndim(value) == 0:
+        try:
+            scale = float(value)
+        except (TypeError, ValueError):
+            pass
+    if not (scale > 0 and np.isfinite(scale)):
+        raise ValueError(f"init_scale must be 'auto' or a positive number, got {value!r}")
+    return scale
+
+
 def _discrete_latent_sites(model, args, kwargs) -> list[str]:
     tr = _prototype_trace(model, args, kwargs)
     return [
@@ -567,15 +628,17 @@ class AutoCouplingFlow(AutoContinuous):
     (the couplings' trainable leaves: the leaves of up to 1024 entries raveled into one
     vector, so the optimiser updates them as one array, and when some kernel is larger, a
     list of that vector and each larger kernel; :meth:`get_normaliser` gives the layers
-    back). The conditioners' final kernels start at zero, so the guide starts as
-    ``N(loc, scale^2)``.
+    back). The conditioners' final kernels start at zero, so with the affine, spline and
+    additive transformers the guide starts as ``N(loc, scale^2)``.
 
     The defaults were chosen on the NeuTra benchmarks (``benchmarks/neutra.py``):
 
-    * ``permutation="bits"`` masks (:func:`bit_masks`): with ``2 * ceil(log2 D)`` layers
-      every coordinate is transformed conditionally on every other one, so a scale
-      variable and the coordinates it scales (a funnel, a hierarchical model) always
-      meet in some coupling; random permutations miss such pairs;
+    * ``permutation="bits"`` masks (:func:`bit_masks`): every coordinate is transformed
+      conditionally on every other one up to ``D = 70`` latent dimensions with the
+      default eight layers (252 with ten, 924 with twelve, 3432 with fourteen; raise
+      ``n_layers`` beyond), so a scale variable and the coordinates it scales (a funnel,
+      a hierarchical model) always meet in some coupling; random permutations miss such
+      pairs;
     * conditioners read ``5 * tanh(u / 5)`` of their (standardised) inputs, so a rare draw
       far in the tails cannot make an affine coupling's scale compound from layer to layer
       (the source of the loss spikes that otherwise undo SVI progress), while a rank-2
@@ -585,9 +648,14 @@ class AutoCouplingFlow(AutoContinuous):
       scale stalled);
     * ``stl=True``: the "sticking the landing" gradient (Roeder et al., 2017): the guide's
       own density is evaluated with its parameters held fixed, so the gradient noise
-      vanishes as the guide approaches the posterior. The ELBO and its expected gradient
-      are unchanged; each step costs one extra pass through the flow (the normalising
-      direction);
+      vanishes as the guide approaches the posterior. With objectives that average the
+      ELBO over particles (``Trace_ELBO``, ``TraceMeanField_ELBO``,
+      :class:`SiteOrderedTraceELBO`) the ELBO and its expected gradient are unchanged;
+      objectives that weight particles by their density ratios (``RenyiELBO``, importance
+      weighted bounds) get a biased gradient, so use ``stl=False`` with them. Each step
+      costs one extra pass through the flow (the normalising direction). It applies to
+      the draws SVI takes from the guide only: :meth:`get_posterior` returns a density
+      differentiable in the parameters;
     * affine couplings: on the funnel the spline guide reaches a similar KL but leaves
       NUTS a much rougher warped space;
     * narrow conditioners (``nn_width=16``): with a constant Adam step every parameter
@@ -630,8 +698,11 @@ class AutoCouplingFlow(AutoContinuous):
             :func:`~numpyro_coupling.rbig.fit_rbig_coupling` of the draws in the guide's
             unconstrained space (``n_layers // 2`` RBIG blocks of two mixture-CDF
             couplings with zero final kernels), so the guide starts as that fit exactly
-            (``loc = 0``, ``scale = 1``). The fit is kept as ``warm_start_flow``.
-        stl: use the "sticking the landing" gradient estimator.
+            (``loc = 0``, ``scale = 1``). The fit is kept as ``warm_start_flow``. Its
+            layers are the RBIG fit's own: ``permutation``, ``activation``,
+            ``input_bound`` and ``linear_rank`` do not apply.
+        stl: use the "sticking the landing" gradient estimator (``Trace_ELBO``-type
+            objectives only; see above).
         **transformer_kwargs: ``n_bins``, ``interval``, ``log_scale_bound`` (spline),
             ``log_scale_bound`` (affine), ``n_components`` (mixture and warm start).
 
@@ -677,8 +748,7 @@ class AutoCouplingFlow(AutoContinuous):
                 "warm_start builds mixture-CDF couplings by the RBIG fit; "
                 f"use transformer='mixture' (or leave it unset), got {transformer!r}"
             )
-        if init_scale != "auto" and not (isinstance(init_scale, (int, float)) and init_scale > 0):
-            raise ValueError(f"init_scale must be 'auto' or a positive number, got {init_scale!r}")
+        init_scale = _checked_init_scale(init_scale)
         self.transformer = transformer
         self.n_layers = int(n_layers)
         self.nn_width = int(nn_width)
@@ -815,14 +885,17 @@ class AutoCouplingFlow(AutoContinuous):
         norm.loc, norm.log_scale = loc, jnp.log(scale)
         return Chain([norm, eqx.combine(self._unravel_flow(flow_params), self._flow_static)])
 
-    def _get_posterior(self):
+    def _get_posterior(self, stl: bool | None = None):
+        # SVI samples through this with ``self.stl``; public accessors pass ``stl=False`` so
+        # that the density they hand out is differentiable in the parameters.
         loc = numpyro.param(f"{self.prefix}_loc", self._init_loc)
         scale = numpyro.param(
             f"{self.prefix}_scale", self._init_scale_vec, constraint=constraints.positive
         )
         flow_params = numpyro.param(f"{self.prefix}_flow$params", self._flow_init)
+        stl = self.stl if stl is None else stl
         return _GuidePosterior(
-            self.get_base_dist(), self._normaliser(loc, scale, flow_params), stl=self.stl
+            self.get_base_dist(), self._normaliser(loc, scale, flow_params), stl=stl
         )
 
     def get_base_dist(self):
@@ -837,9 +910,11 @@ class AutoCouplingFlow(AutoContinuous):
     def get_posterior(self, params):
         """The guide as a distribution over the flat unconstrained latent ``(latent_dim,)``.
 
-        ``log_prob`` runs the normalising direction in one pass.
+        ``log_prob`` runs the normalising direction in one pass, and is differentiable in
+        ``params`` whatever ``stl`` is (that estimator only concerns the guide's own SVI
+        draws).
         """
-        return handlers.substitute(self._get_posterior, params)()
+        return handlers.substitute(functools.partial(self._get_posterior, stl=False), params)()
 
     def get_normaliser(self, params) -> Chain:
         """The learnt latent-to-base bijection ``z = T((x - loc) / scale)``."""
@@ -1432,6 +1507,8 @@ def neutra_mcmc(
     svi_steps: int = 10_000,
     learning_rate: float = 3e-3,
     average: float | None = 0.1,
+    schedule: str = "cosine",
+    clip_norm: float | None = 10.0,
     temper=None,
     num_particles: int = 1,
     num_warmup: int = 1000,
@@ -1449,9 +1526,12 @@ def neutra_mcmc(
         *args: model arguments.
         guide: an ``AutoContinuous`` guide, a dict of :class:`AutoCouplingFlow` keyword
             arguments, or ``None`` for :class:`AutoCouplingFlow` defaults.
-        svi_steps: SVI steps (``Trace_ELBO``, Adam).
+        svi_steps: SVI steps of :func:`fit_guide` (:class:`SiteOrderedTraceELBO`, the
+            ``Trace_ELBO`` summed in a fixed site order; Adam).
         learning_rate: (peak) Adam step size.
         average: parameter averaging of :func:`fit_guide`.
+        schedule: ``"cosine"`` (decay to a tenth) or ``"constant"`` Adam step size.
+        clip_norm: global gradient-norm cap (``None``: none).
         temper: tempered warm-up phases of :func:`fit_guide` (for multimodal
             posteriors).
         num_particles: guide draws per SVI step (see :func:`fit_guide`).
@@ -1492,6 +1572,8 @@ def neutra_mcmc(
         svi_steps=svi_steps,
         learning_rate=learning_rate,
         average=average,
+        schedule=schedule,
+        clip_norm=clip_norm,
         temper=temper,
         num_particles=num_particles,
         key=svi_key,
@@ -1554,8 +1636,16 @@ def nuts_mcmc(
         nuts_kwargs=nuts_kwargs,
     )
     shapes = _latent_shapes(model, args, model_kwargs)
-    posterior = {k: v for k, v in mcmc.get_samples(group_by_chain=True).items() if k in shapes}
-    unconstrained = unconstrained_draws(model, posterior, *args, **model_kwargs)
+    deterministic = {
+        name
+        for name, site in _prototype_trace(model, args, model_kwargs).items()
+        if site["type"] == "deterministic"
+    }
+    draws = mcmc.get_samples(group_by_chain=True)
+    # Latent and deterministic sites, as neutra_mcmc reports them.
+    posterior = {k: v for k, v in draws.items() if k in shapes or k in deterministic}
+    latent = {k: v for k, v in posterior.items() if k in shapes}
+    unconstrained = unconstrained_draws(model, latent, *args, **model_kwargs)
     return mcmc, _idata(posterior, unconstrained, mcmc, None, {"mcmc_seconds": seconds})
 
 

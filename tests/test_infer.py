@@ -151,6 +151,32 @@ def test_bad_options_raise():
         AutoCouplingFlow(banana, permutation="shuffle")
     with pytest.raises(ValueError, match="warm_start"):
         AutoCouplingFlow(banana, transformer="affine", warm_start={"a": jnp.zeros(3)})
+    for bad in (0.0, -1.0, True, float("nan"), "wide", jnp.ones(2)):
+        with pytest.raises(ValueError, match="init_scale"):
+            AutoCouplingFlow(banana, init_scale=bad)
+    # Any real scalar will do, NumPy's and JAX's included.
+    for good in (2, np.float32(0.5), jnp.array(0.5)):
+        assert isinstance(AutoCouplingFlow(banana, init_scale=good).init_scale, float)
+
+
+@pytest.mark.parametrize("n_layers", [4, 7, 8, 10])
+def test_bit_masks_condition_every_coordinate_on_every_other(n_layers):
+    from math import comb
+
+    from numpyro_coupling.infer import bit_masks
+
+    n_pairs = n_layers // 2
+    capacity = comb(2 * n_pairs, n_pairs)
+    for dim in sorted({2, 3, 2**n_pairs, 2**n_pairs + 1, capacity - 1, capacity}):
+        active = bit_masks(dim, n_layers)
+        # Ordered pair (i, j) meets when some layer has i passive and j active.
+        meets = (~active[:, :, None] & active[:, None, :]).any(0)
+        assert meets.sum() == dim * (dim - 1), (dim, n_layers)
+        assert np.all(np.abs(active[: 2 * n_pairs].sum(1) - dim / 2) <= 1)
+    # Past the capacity the codes repeat: only pairs sharing one never meet.
+    active = bit_masks(capacity + 1, n_layers)
+    meets = (~active[:, :, None] & active[:, None, :]).any(0)
+    assert meets.sum() == capacity * (capacity + 1) - 2
 
 
 def test_warm_start_is_the_rbig_fit(x64):
@@ -346,6 +372,65 @@ def test_fit_guide_repeats_across_processes():
         return subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
 
     assert losses("1") == losses("2")
+
+
+def test_get_posterior_is_differentiable_whatever_stl():
+    x = jnp.array([0.3, -1.2])
+    guide = AutoCouplingFlow(gaussian_2d, n_layers=2, nn_width=4, stl=True)
+    params = fit(gaussian_2d, guide, 5, 1e-2)
+
+    def grads():
+        return jax.grad(lambda p: guide.get_posterior(p).log_prob(x))(params)
+
+    with_stl = grads()
+    guide.stl = False
+    without = grads()
+    assert float(jnp.abs(with_stl["auto_loc"]).sum()) > 0.1
+    for a, b in zip(jax.tree.leaves(with_stl), jax.tree.leaves(without)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_memo_serves_the_traced_log_det_and_keeps_no_tracer():
+    import gc
+
+    guide = AutoCouplingFlow(gaussian_2d, n_layers=2, nn_width=4)
+    transform = guide.get_transform(fit(gaussian_2d, guide, 3, 1e-2))
+    passes = []
+    pass_ = transform.transform_and_log_det
+    transform.transform_and_log_det = lambda z: passes.append(1) or pass_(z)
+
+    def warped(z):  # what NeuTraReparam does: the draw, then its log-det
+        x = transform(z)
+        return x, transform.log_abs_det_jacobian(z, x)
+
+    with jax.checking_leaks():
+        _, log_det = jax.jit(warped)(jnp.array([0.5, -0.5]))
+    gc.collect()
+    assert len(passes) == 1 and not hasattr(transform, "_memo")
+    np.testing.assert_allclose(log_det, pass_(jnp.array([0.5, -0.5]))[1], rtol=1e-5)
+
+
+def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites():
+    from numpyro_coupling.infer import nuts_mcmc
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("twice", 2 * x)
+
+    small = {"num_warmup": 10, "num_samples": 5, "progress_bar": False}
+    _, neutra = neutra_mcmc(
+        model,
+        guide={"n_layers": 1, "nn_width": 4},
+        svi_steps=10,
+        schedule="constant",
+        clip_norm=None,
+        **small,
+    )
+    _, plain = nuts_mcmc(model, **small)
+    for idata in (neutra, plain):
+        assert set(idata.posterior.data_vars) == {"x", "twice"}
+        np.testing.assert_allclose(idata.posterior["twice"], 2 * idata.posterior["x"], rtol=1e-6)
+        assert set(idata.unconstrained_posterior.data_vars) == {"x"}
 
 
 def test_neutra_mcmc_passes_nuts_kwargs():
