@@ -195,6 +195,15 @@ class Chain(Bijection):
             total = total + ld
         return y, jnp.broadcast_to(total, jnp.shape(y)[: jnp.ndim(y) - len(self.shape)])
 
+    # A chain may start or end with a constrained NumPyro transform (e.g. ``ExpTransform``).
+    @property
+    def domain(self):
+        return _at_event_rank(self.bijections[0].domain, len(self.shape))
+
+    @property
+    def codomain(self):
+        return _at_event_rank(self.bijections[-1].codomain, len(self.shape))
+
     def __len__(self):
         return len(self.bijections)
 
@@ -204,6 +213,11 @@ class Chain(Bijection):
     def __repr__(self):
         inner = ",\n  ".join(repr(b) for b in self.bijections)
         return f"Chain([\n  {inner}\n])"
+
+
+def _at_event_rank(constraint, ndim_event):
+    extra = ndim_event - constraint.event_dim
+    return constraints.independent(constraint, extra) if extra > 0 else constraint
 
 
 def _sum_event(t, ld, ndim_event):

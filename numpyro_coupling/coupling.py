@@ -99,9 +99,12 @@ class Coupling(Bijection):
 
     def _apply(self, x, elementwise):
         x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            # Integer data (pixels, counts): scatters below would cast results back to int.
+            x = x.astype(jnp.result_type(float))
         self.check_event(x)
         batch = self.batch_shape_of(x)
-        flat = jnp.reshape(x, (*batch, -1))
+        flat = jnp.reshape(x, (*batch, int(np.prod(self.shape))))
         x_passive = _take(flat, self.passive_idx)
         params = self.transformer_params(x_passive)
         out_b, log_det = elementwise(_take(flat, self.active_idx), params)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpyro.distributions as dist
@@ -84,6 +87,12 @@ class StandardNormal(dist.Distribution):
         return jnp.ones(self.event_shape, self.dtype)
 
 
+def _parameter_dtype(bijection):
+    """The float dtype of a bijection's arrays (``None`` when it has none)."""
+    leaves = [x for x in jax.tree.leaves(bijection) if eqx.is_inexact_array(x)]
+    return jnp.result_type(*leaves) if leaves else None
+
+
 def standard_normal(shape, dtype=None) -> StandardNormal:
     """``N(0, I)`` over an event of ``shape`` (the default base of every flow)."""
     return StandardNormal(shape, dtype)
@@ -112,20 +121,24 @@ class CouplingFlow(TransformedDistribution):
 
     def __init__(self, bijection: Bijection, base_dist=None, *, validate_args=None):
         if base_dist is None:
-            base_dist = standard_normal(bijection.shape)
+            base_dist = standard_normal(bijection.shape, _parameter_dtype(bijection))
         super().__init__(base_dist, bijection.inv, validate_args=validate_args)
 
     @property
     def bijection(self) -> Bijection:
         """The data-to-latent bijection."""
-        return self.transforms[0].inv
+        # A transformed base_dist has its transforms merged in front of this one.
+        return self.transforms[-1].inv
 
     @one_program
     def log_prob(self, value, intermediates=None):
         if intermediates is not None:
             return super().log_prob(value, intermediates)
         z, log_det = self.bijection.transform_and_log_det(value)
-        return self.base_dist.log_prob(z) + log_det
+        latent = self.base_dist
+        if len(self.transforms) > 1:  # the base's own transforms: NumPyro's route
+            latent = TransformedDistribution(self.base_dist, self.transforms[:-1])
+        return latent.log_prob(z) + log_det
 
     def log_prob_two_pass(self, value):
         """NumPyro's default ``TransformedDistribution.log_prob`` (for comparison only)."""
@@ -134,6 +147,12 @@ class CouplingFlow(TransformedDistribution):
     def to_latent(self, x):
         """Map data ``(*batch, *event)`` to the latent space (the Gaussianised data)."""
         return self.bijection.transform(x)
+
+
+def _transformer_options(cls) -> set[str]:
+    """The transformer's own keyword arguments of a coupling class (``n_bins``, ...)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "shape"}
 
 
 def _permutation_layer(kind, key, d, dtype=None):
@@ -171,7 +190,9 @@ def coupling_flow(
 
     Data-to-latent order per layer: ``[ActNorm1D] -> coupling -> permutation``. With
     ``permutation="flip"`` the halves alternate, so every coordinate is both transformed
-    and used as context.
+    and used as context, except for odd ``d`` the middle one, which is transformed in
+    every layer and never read as context (``"random"``, ``"householder"`` or ``"lu"``
+    mix it in).
 
     Args:
         key: PRNG key.
@@ -209,6 +230,13 @@ def coupling_flow(
         raise ValueError(f"coupling_flow builds flows over vector events (d,), got {shape}")
     (d,) = shape
     cls = COUPLINGS[transformer]
+    options = _transformer_options(cls)
+    foreign = set(transformer_kwargs) - options
+    if foreign & set().union(*map(_transformer_options, COUPLINGS.values())):
+        raise ValueError(
+            f"transformer={transformer!r} takes {sorted(options) or 'no options'}, "
+            f"got {sorted(transformer_kwargs)}"
+        )
     layers = []
     for k in jr.split(key, n_layers):
         ck, pk = jr.split(k)

@@ -285,6 +285,8 @@ def plot_losses(
     """
     if smooth is not None and smooth < 1:
         raise ValueError(f"smooth must be a window of >= 1 steps, got {smooth}")
+    if isinstance(losses, (list, tuple)) and losses and all(np.ndim(v) == 0 for v in losses):
+        losses = np.asarray(losses)  # a plain list of numbers is one curve
     curves = _as_named(losses, labels, "losses")
     ax = _axes(ax, (5.6, 3.6))
     for i, (label, y) in enumerate(curves.items()):

@@ -768,9 +768,10 @@ def fit_rbig_coupling(
     exactly once. Every conditioner has a zero final kernel and a final bias equal to
     the fitted mixture parameters of its active coordinates (the zero-kernel contract):
     the coupling ignores its context and applies exactly the RBIG marginal, so at
-    initialisation ``log_prob`` equals :func:`fit_rbig`'s to rounding error at any
-    depth. Training (e.g. with :func:`~numpyro_coupling.train.fit`) moves the kernels off
-    zero and makes the couplings genuinely conditional.
+    initialisation ``log_prob`` equals that of ``fit_rbig(X, jax.random.split(key)[0],
+    ...)`` (the greedy fit's key; the second half seeds the conditioners) to rounding
+    error at any depth. Training (e.g. with :func:`~numpyro_coupling.train.fit`) moves the
+    kernels off zero and makes the couplings genuinely conditional.
 
     Layout (data to latent): ``ActNorm1D``, then per block ``[rotation] -> coupling ->
     Flip -> coupling -> Flip``; block 0 has no rotation (see :func:`fit_rbig`).

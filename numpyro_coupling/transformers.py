@@ -357,6 +357,10 @@ class MixtureGaussianCDF(Transformer):
     def _forward(self, x, params):
         log_w, means, log_scales = self.unpack(params)
         z = (x[..., None] - means) * jnp.exp(-log_scales)
+        # Keep z^2 finite (float32 overflows past |z| ~ 1e19), so absurd inputs give a
+        # finite, saturated answer rather than NaN; no effect on any realistic input.
+        z_max = math.sqrt(float(jnp.finfo(jnp.result_type(z)).max)) / 2
+        z = jnp.clip(z, -z_max, z_max)
         log_cdf_z, log_sf_z = _log_ndtr(z), _log_ndtr(-z)
         log_cdf_k, log_sf_k = log_w + log_cdf_z, log_w + log_sf_z
         log_cdf, log_sf = logsumexp(log_cdf_k, -1), logsumexp(log_sf_k, -1)

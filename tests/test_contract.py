@@ -197,8 +197,10 @@ def test_numpyro_transform_api(name):
     b = build(name, (4,))
     x = jr.normal(jr.key(4), (6, 4))
     out = _numpyro_api(b, x)
-    np.testing.assert_allclose(out["call"], out["y"], rtol=1e-6)
-    np.testing.assert_allclose(out["inv"], out["inverse"], rtol=1e-6)
+    # The same maths compiled as different programs (with or without the log-det):
+    # float32 rounding may differ by a few ulps (the mixture CDF's tails amplify them).
+    np.testing.assert_allclose(out["call"], out["y"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["inv"], out["inverse"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out["ld_inter"], out["ld"], rtol=1e-5, atol=1e-6)
     assert b.domain.event_dim == 1 and b.codomain.event_dim == 1
     assert b.forward_shape((6, 4)) == (6, 4) and b.inverse_shape((6, 4)) == (6, 4)

@@ -144,3 +144,67 @@ def test_factory_rejects_bad_arguments():
         coupling_flow(jr.key(0), (2,), n_layers=0)
     with pytest.raises(ValueError, match="at least 2"):
         coupling_flow(jr.key(0), (1,))
+    # A transformer's option given to another transformer.
+    with pytest.raises(ValueError, match="takes \\['n_components'\\]"):
+        coupling_flow(jr.key(0), (2,), transformer="mixture", log_scale_bound=4.0)
+    with pytest.raises(ValueError, match="no options"):
+        coupling_flow(jr.key(0), (2,), transformer="additive", n_bins=4)
+
+
+def test_transformed_base_keeps_the_flow_outermost():
+    from numpyro.distributions.transforms import AffineTransform
+
+    from numpyro_coupling import AffineCoupling
+
+    x = jnp.array([[0.3, -1.2], [1.5, 0.7]])
+    outer = AffineCoupling(jr.key(1), shape=(2,), zero_init=False, flip=True)
+    inner = CouplingFlow(AffineCoupling(jr.key(0), shape=(2,), zero_init=False))
+    shifted = dist.TransformedDistribution(
+        dist.Normal(jnp.zeros(2), 1.0).to_event(1), AffineTransform(1.0, 2.0)
+    )
+    z, log_det = outer.transform_and_log_det(x)
+    for base in (inner, shifted):
+        # NumPyro merges a transformed base's transforms in front of the flow's.
+        flow = CouplingFlow(outer, base_dist=base)
+        assert flow.bijection is outer
+        np.testing.assert_allclose(flow.log_prob(x), base.log_prob(z) + log_det, rtol=1e-5)
+        np.testing.assert_allclose(flow.log_prob(x), flow.log_prob_two_pass(x), rtol=1e-5)
+
+
+def test_integer_data_and_empty_batches():
+    from numpyro_coupling import AffineCoupling
+    from numpyro_coupling.masks import checkerboard_mask
+
+    # A checkerboard merges by a scatter, which would cast the result back to the input's ints.
+    mask = checkerboard_mask(4, 4).reshape(4, 4, 1)
+    layer = AffineCoupling(jr.key(2), shape=(4, 4, 1), mask=mask, zero_init=False)
+    pixels = jr.randint(jr.key(3), (2, 4, 4, 1), 0, 255).astype(jnp.uint8)
+    as_ints, as_floats = (
+        layer.transform_and_log_det(pixels),
+        layer.transform_and_log_det(pixels.astype(jnp.float32)),
+    )
+    for a, b in zip(as_ints, as_floats):
+        np.testing.assert_array_equal(a, b)
+    flow = coupling_flow(jr.key(0), (3,), transformer="affine", n_layers=2)
+    assert flow.log_prob(jnp.zeros((0, 3))).shape == (0,)
+    assert flow.sample(jr.key(0), (0,)).shape == (0, 3)
+
+
+def test_chain_support_follows_its_constrained_ends():
+    from numpyro.distributions.transforms import ExpTransform
+
+    from numpyro_coupling import AffineCoupling, Chain
+
+    # Data -> latent: log first, so the flow lives on the positive orthant.
+    chain = Chain([ExpTransform().inv, AffineCoupling(jr.key(0), shape=(2,))], shape=(2,))
+    flow = CouplingFlow(chain)
+    assert flow.support.event_dim == 1
+    assert bool(flow.support(jnp.array([1.0, 2.0]))) and not bool(
+        flow.support(jnp.array([-1.0, 2.0]))
+    )
+    assert chain.codomain.event_dim == 1
+
+
+def test_samples_keep_the_parameters_dtype_under_x64(x64):
+    flow = coupling_flow(jr.key(0), (2,), transformer="affine", n_layers=2, dtype=jnp.float32)
+    assert flow.sample(jr.key(1), (3,)).dtype == jnp.float32

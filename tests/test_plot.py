@@ -97,6 +97,8 @@ def test_plot_losses_single_array_dict_and_list():
     assert [t.get_text() for t in ax2.get_legend().get_texts()] == ["a", "b"]
     ax3 = ncplot.plot_losses([[1.0, 0.5], [2.0, 1.0]], labels=["x", "y"], log_scale=True)
     assert ax3.get_yscale() == "log"
+    # A plain list of numbers (what a training loop appends to) is one curve.
+    assert len(ncplot.plot_losses([3.0, 2.0, 1.5]).get_lines()) == 1
 
 
 def test_plot_losses_smoothing_is_a_trailing_mean():
