@@ -591,7 +591,11 @@ def flow_module(name: str, flow):
         True
         >>> learnt = flow_from_params("density", flow0, result.params)
     """
+    if not numpyro.primitives._PYRO_STACK:
+        # Outside any handler numpyro.param hands back its initial value: the flow as given.
+        return flow
     params, static = partition_flow(flow)
+    # The initial value goes in as a function: the partitioned flow is itself callable.
     params = numpyro.param(name + "$params", lambda _: params)
     return eqx.combine(params, static)
 

@@ -252,6 +252,8 @@ def test_flow_module_trains_with_svi_and_reads_back():
     assert float(losses[-1]) == pytest.approx(mean_nll(learnt, X) * len(X), rel=0.02)
     with pytest.raises(KeyError, match="density2"):
         flow_from_params("density2", flow0, params)
+    # Called outside any handler (as numpyro.param would) the model sees the flow as given.
+    assert flow_module("density", flow0) is flow0
 
 
 def test_flow_noise_regression_learns_the_slope():
