@@ -29,17 +29,6 @@ from numpyro_coupling.infer import AutoCouplingFlow, fit_guide
 from numpyro_coupling.targets import funnel
 
 
-def low_bit_masks(dim: int, n_layers: int) -> np.ndarray:
-    """Masks from the index bits ``0 .. n_layers // 2 - 1`` only (the reference)."""
-    n_bits = max(int(np.ceil(np.log2(dim))), 1)
-    idx = np.arange(dim)
-    masks = []
-    for k in range(n_layers):
-        active = (idx >> ((k // 2) % n_bits)) & 1 == 1
-        masks.append(~active if k % 2 else active)
-    return np.stack(masks)
-
-
 def pairs_apart(masks: np.ndarray) -> int:
     """Ordered pairs ``(i, j)`` never split with ``i`` passive and ``j`` active."""
     dim = masks.shape[1]
@@ -49,7 +38,8 @@ def pairs_apart(masks: np.ndarray) -> int:
 
 METHODS = {
     "bits": ("`bits` masks (default)", "bits", infer.bit_masks),
-    "low-bits": ("masks from the low index bits only", "bits", low_bit_masks),
+    # The index bits 0 .. n_layers // 2 - 1 only: the reference.
+    "low-bits": ("masks from the low index bits only", "bits", infer._index_bit_masks),
     "random": ("random permutation + half mask", "random", None),
 }
 

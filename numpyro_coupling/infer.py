@@ -466,17 +466,31 @@ def bit_masks(dim: int, n_layers: int) -> np.ndarray:
         >>> bit_masks(5, 4).astype(int).T.tolist()  # the fifth coordinate: a new code
         [[0, 1, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0]]
     """
-    n_bits = max(int(np.ceil(np.log2(dim))), 1)
+    masks = _index_bit_masks(dim, n_layers)
+    n_pairs = n_layers // 2
+    if 0 < n_pairs < _n_index_bits(dim):
+        masks[: 2 * n_pairs] = _balanced_codes(dim, n_pairs).T
+    return masks
+
+
+def _n_index_bits(dim: int) -> int:
+    return max(int(np.ceil(np.log2(dim))), 1)
+
+
+def _index_bit_masks(dim: int, n_layers: int) -> np.ndarray:
+    """The index-bit masks alone: layer ``2b`` active where bit ``b`` of the index is set,
+    layer ``2b + 1`` the complement, cycling over the bits (see :func:`bit_masks`).
+
+    Returns:
+        ``(n_layers, dim)`` boolean array, ``True`` = active.
+    """
+    n_bits = _n_index_bits(dim)
     idx = np.arange(dim)
     masks = []
     for k in range(n_layers):
         active = (idx >> ((k // 2) % n_bits)) & 1 == 1
         masks.append(~active if k % 2 else active)
-    masks = np.stack(masks)
-    n_pairs = n_layers // 2
-    if 0 < n_pairs < n_bits:
-        masks[: 2 * n_pairs] = _balanced_codes(dim, n_pairs).T
-    return masks
+    return np.stack(masks)
 
 
 def _balanced_codes(dim: int, n_pairs: int) -> np.ndarray:
@@ -979,7 +993,7 @@ def unconstrained_draws(model, samples: dict, *args, **kwargs) -> dict:
         >>> unconstrained_draws(model, {"s": jnp.array([1.0, jnp.e])})["s"].round(4).tolist()
         [0.0, 1.0]
     """
-    shapes = _latent_shapes(model, args, kwargs)
+    shapes = _latent_shapes(_prototype_trace(model, args, kwargs))
     missing = sorted(set(shapes) - set(samples))
     if missing:
         raise ValueError(f"samples lack the latent sites {missing}")
@@ -1007,8 +1021,8 @@ def _prototype_trace(model, args, kwargs):
         ).get_trace(*args, **kwargs)
 
 
-def _latent_shapes(model, args, kwargs) -> dict:
-    tr = _prototype_trace(model, args, kwargs)
+def _latent_shapes(tr) -> dict:
+    """``site -> shape`` of a prototype trace's latent sample sites."""
     return {
         name: tuple(jnp.shape(site["value"]))
         for name, site in tr.items()
@@ -1635,17 +1649,13 @@ def nuts_mcmc(
         progress_bar=progress_bar,
         nuts_kwargs=nuts_kwargs,
     )
-    shapes = _latent_shapes(model, args, model_kwargs)
-    deterministic = {
-        name
-        for name, site in _prototype_trace(model, args, model_kwargs).items()
-        if site["type"] == "deterministic"
-    }
-    draws = mcmc.get_samples(group_by_chain=True)
+    trace = _prototype_trace(model, args, model_kwargs)
     # Latent and deterministic sites, as neutra_mcmc reports them.
-    posterior = {k: v for k, v in draws.items() if k in shapes or k in deterministic}
-    latent = {k: v for k, v in posterior.items() if k in shapes}
-    unconstrained = unconstrained_draws(model, latent, *args, **model_kwargs)
+    keep = set(_latent_shapes(trace))
+    keep |= {name for name, site in trace.items() if site["type"] == "deterministic"}
+    draws = mcmc.get_samples(group_by_chain=True)
+    posterior = {k: v for k, v in draws.items() if k in keep}
+    unconstrained = unconstrained_draws(model, posterior, *args, **model_kwargs)
     return mcmc, _idata(posterior, unconstrained, mcmc, None, {"mcmc_seconds": seconds})
 
 

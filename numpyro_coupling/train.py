@@ -28,6 +28,8 @@ from jax.sharding import PartitionSpec as P
 from numpyro.distributions import TransformedDistribution
 from tqdm.auto import tqdm
 
+from .flows import _parameter_dtype
+
 __all__ = [
     "FitState",
     "NonFiniteLossError",
@@ -83,8 +85,8 @@ def _event_shape(flow) -> tuple[int, ...]:
 
 
 def _param_dtype(params):
-    leaves = jax.tree.leaves(params)
-    return jnp.result_type(*leaves) if leaves else jnp.zeros(()).dtype
+    dtype = _parameter_dtype(params)
+    return jnp.zeros(()).dtype if dtype is None else dtype
 
 
 # --------------------------------------------------------------------------------------
