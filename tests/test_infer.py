@@ -165,18 +165,18 @@ def test_bit_masks_condition_every_coordinate_on_every_other(n_layers):
 
     from numpyro_coupling.infer import bit_masks
 
+    def pairs_met(active):
+        # Ordered pair (i, j) meets when some layer has i passive and j active.
+        return int((~active[:, :, None] & active[:, None, :]).any(0).sum())
+
     n_pairs = n_layers // 2
     capacity = comb(2 * n_pairs, n_pairs)
     for dim in sorted({2, 3, 2**n_pairs, 2**n_pairs + 1, capacity - 1, capacity}):
         active = bit_masks(dim, n_layers)
-        # Ordered pair (i, j) meets when some layer has i passive and j active.
-        meets = (~active[:, :, None] & active[:, None, :]).any(0)
-        assert meets.sum() == dim * (dim - 1), (dim, n_layers)
+        assert pairs_met(active) == dim * (dim - 1), (dim, n_layers)
         assert np.all(np.abs(active[: 2 * n_pairs].sum(1) - dim / 2) <= 1)
     # Past the capacity the codes repeat: only pairs sharing one never meet.
-    active = bit_masks(capacity + 1, n_layers)
-    meets = (~active[:, :, None] & active[:, None, :]).any(0)
-    assert meets.sum() == capacity * (capacity + 1) - 2
+    assert pairs_met(bit_masks(capacity + 1, n_layers)) == capacity * (capacity + 1) - 2
 
 
 def test_warm_start_is_the_rbig_fit(x64):
