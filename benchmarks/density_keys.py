@@ -21,7 +21,7 @@ import numpy as np
 from density import DATASETS, ORACLE, RECIPES, load, mean_log_prob, ours
 from report import write_markdown
 
-from numpyro_coupling.train import fit
+from numpyro_coupling import fit
 
 
 def test_ll(data_name, recipe_name, k, steps):
@@ -37,7 +37,7 @@ def test_ll(data_name, recipe_name, k, steps):
         learning_rate=3e-3,
         clip_norm=1.0,
         weight_decay=recipe["weight_decay"],
-        ema_decay=recipe["ema_decay"],
+        average=recipe["average"],
         progress_bar=False,
     )
     return mean_log_prob(fitted, test)

@@ -2,7 +2,7 @@
 
 A funnel with one scale coordinate ``v`` and ``dim - 1`` coordinates ``x_i ~ N(0, e^{v/2})``
 needs every ``x_i`` transformed in some coupling that reads ``v``. With eight layers the
-``"bits"`` masks of :func:`~numpyro_coupling.infer.bit_masks` bring every ordered pair
+``"bits"`` masks of :func:`~numpyro_coupling.masks.bit_masks` bring every ordered pair
 together up to 70 coordinates. Masks built from the low index bits alone (what the
 coordinates beyond ``2^4`` would otherwise share) leave pairs apart past 16 coordinates,
 and a random permutation before each half mask misses a given pair in a layer with
@@ -24,8 +24,7 @@ import numpy as np
 from numpyro.infer import Trace_ELBO
 from report import write_markdown
 
-from numpyro_coupling import infer
-from numpyro_coupling.infer import AutoCouplingFlow, fit_guide
+from numpyro_coupling import AutoCouplingFlow, fit_guide, flows, masks
 from numpyro_coupling.targets import funnel
 
 
@@ -37,18 +36,18 @@ def pairs_apart(masks: np.ndarray) -> int:
 
 
 METHODS = {
-    "bits": ("`bits` masks (default)", "bits", infer.bit_masks),
+    "bits": ("`bits` masks (default)", "bits", masks.bit_masks),
     # The index bits 0 .. n_layers // 2 - 1 only: the reference.
-    "low-bits": ("masks from the low index bits only", "bits", infer._index_bit_masks),
+    "low-bits": ("masks from the low index bits only", "bits", masks.index_bit_masks),
     "random": ("random permutation + half mask", "random", None),
 }
 
 
 def run(method, dim, key, steps, loss_particles):
-    _, permutation, masks = METHODS[method]
-    saved = infer.bit_masks
-    if masks is not None:
-        infer.bit_masks = masks
+    _, permutation, bit_masks = METHODS[method]
+    saved = flows.bit_masks
+    if bit_masks is not None:
+        flows.bit_masks = bit_masks
     try:
 
         def model():
@@ -57,12 +56,12 @@ def run(method, dim, key, steps, loss_particles):
         guide = AutoCouplingFlow(model, permutation=permutation)
         start = time.perf_counter()
         guide, params, _ = fit_guide(
-            model, guide=guide, svi_steps=steps, key=jr.key(key), progress_bar=False
+            model, guide=guide, steps=steps, key=jr.key(key), progress_bar=False
         )
         seconds = time.perf_counter() - start
         kl = Trace_ELBO(num_particles=loss_particles).loss(jr.key(99), params, model, guide)
     finally:
-        infer.bit_masks = saved
+        flows.bit_masks = saved
     return float(kl), seconds
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 import neutra  # noqa: E402
 from report import write_markdown  # noqa: E402
 
-from numpyro_coupling.infer import (  # noqa: E402
+from numpyro_coupling import (  # noqa: E402
     fit_guide,
     neutra_nuts,
     nuts_mcmc,
@@ -174,7 +174,7 @@ def main(argv=None):
             guide, params, _ = fit_guide(
                 eight_schools,
                 guide=make_guide(eight_schools, None),
-                svi_steps=args.svi_steps,
+                steps=args.svi_steps,
                 num_particles=args.particles,
                 key=k_svi,
                 progress_bar=False,

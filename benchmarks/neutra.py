@@ -50,7 +50,7 @@ from numpyro_coupling.demo import (
     format_table,
     probability,
 )
-from numpyro_coupling.infer import (
+from numpyro_coupling import (
     AutoCouplingFlow,
     SiteOrderedTraceELBO,
     fit_guide,
@@ -85,8 +85,8 @@ METHODS = {
         lambda m, p: AutoIAFNormal(m, num_flows=2, hidden_dims=[32, 32]),
     ),
     "bnaf": ("AutoBNAFNormal (hidden factors [8,8])", lambda m, p: AutoBNAFNormal(m)),
-    "ours-spline": ("AutoCouplingFlow spline", _ours(transformer="spline")),
-    "ours-affine": ("AutoCouplingFlow affine (default)", _ours(transformer="affine")),
+    "ours-spline": ("AutoCouplingFlow spline", _ours(transformer="loc_scale_spline")),
+    "ours-affine": ("AutoCouplingFlow affine (default)", _ours(transformer="loc_scale")),
     "ours-additive": ("AutoCouplingFlow additive", _ours(transformer="additive")),
     "ours-mixture": ("AutoCouplingFlow mixture", _ours(transformer="mixture")),
     "ours-warm": ("AutoCouplingFlow mixture, RBIG warm start", _warm()),
@@ -144,10 +144,10 @@ def run_method(target, method, args, pilot, key):
             row["pilot_seconds"] = pilot["seconds"]
         start = time.perf_counter()
         guide = make_guide(model, pilot["draws"] if pilot else None)
-        guide, params, losses, last = fit_guide(
+        guide, params, losses, fit_state = fit_guide(
             model,
             guide=guide,
-            svi_steps=args.svi_steps,
+            steps=args.svi_steps,
             learning_rate=args.learning_rate,
             average=args.average,
             schedule=args.schedule,
@@ -156,7 +156,7 @@ def run_method(target, method, args, pilot, key):
             num_particles=args.particles,
             key=k_svi,
             progress_bar=args.progress,
-            return_last=True,
+            return_state=True,
         )
         row["svi_seconds"] = time.perf_counter() - start
         row["steps_to_threshold"] = _steps_to(losses, LOSS_THRESHOLDS[target])
@@ -169,7 +169,7 @@ def run_method(target, method, args, pilot, key):
         row["n_params"] = _n_params(params)
         elbo = SiteOrderedTraceELBO(num_particles=args.loss_particles)
         row["svi_loss"] = float(elbo.loss(k_loss, params, model, guide))
-        row["svi_loss_last"] = float(elbo.loss(k_loss, last, model, guide))
+        row["svi_loss_last"] = float(elbo.loss(k_loss, fit_state.last_params, model, guide))
         _, idata = neutra_nuts(model, guide, params, key=k_mcmc, **mcmc_kw)
     row |= sampling_efficiency(idata)
     if target == "dualmoon":

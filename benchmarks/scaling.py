@@ -34,7 +34,7 @@ import jax.random as jr
 import optax
 
 import numpyro_coupling as nc
-from numpyro_coupling.train import partition_flow
+from numpyro_coupling import partition_flow
 
 N_LAYERS, NN_WIDTH, NN_DEPTH = 8, 64, 2
 OURS = {"affine": {}, "spline": {"n_bins": 8, "interval": 4.0}, "additive": {}, "mixture": {}}

@@ -3,7 +3,7 @@
 For each target, a short plain-NUTS pilot run provides draws; the warm guide's flow is
 :func:`~numpyro_coupling.rbig.fit_rbig_coupling` of those draws (mixture-CDF couplings,
 zero final kernels), the cold guide is the same architecture started at
-``N(init_loc, 1)``. Both are trained by :func:`~numpyro_coupling.infer.fit_guide` with the
+``N(init_loc, 1)``. Both are trained by :func:`~numpyro_coupling.svi.fit_guide` with the
 same key, steps and learning rate. Reported per guide: the negative ELBO at step 0 and at
 the end (many-particle estimates), and the number of steps until the trailing mean of the
 training loss first reaches each of several levels (the cold run's final loss plus a
@@ -33,7 +33,7 @@ import numpy as np
 import numpyro
 from numpyro.infer import SVI, Trace_ELBO
 
-from numpyro_coupling.infer import AutoCouplingFlow, fit_guide, nuts_mcmc
+from numpyro_coupling import AutoCouplingFlow, fit_guide, nuts_mcmc
 from numpyro_coupling.targets import TARGETS
 
 RESULTS = Path(__file__).parent / "results"
@@ -81,7 +81,7 @@ def run_target(target, args, key):
         guide, params, losses = fit_guide(
             model,
             guide=guide,
-            svi_steps=args.steps,
+            steps=args.steps,
             learning_rate=args.learning_rate,
             key=k_svi,
             progress_bar=False,

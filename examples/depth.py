@@ -32,7 +32,7 @@ from numpyro_coupling import (
     HouseholderRotation,
     RQSplineCoupling,
 )
-from numpyro_coupling.train import fit, partition_flow
+from numpyro_coupling import fit, partition_flow
 
 
 def spiral(n=3000, seed=0):

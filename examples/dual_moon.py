@@ -39,7 +39,7 @@ def main(argv=None):
         svi_steps=10_000,
         num_warmup=1000,
         num_samples=1000,
-        transformer="spline",
+        transformer="loc_scale_spline",
         temper=(0.1, 0.3, 0.6),
     )
     args = parser.parse_args(argv)

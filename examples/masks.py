@@ -29,7 +29,7 @@ from numpyro_coupling import (
     checkerboard_mask,
     half_mask,
 )
-from numpyro_coupling.train import fit
+from numpyro_coupling import fit
 
 
 def coupling(key):

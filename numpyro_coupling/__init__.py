@@ -1,36 +1,63 @@
-"""Coupling normalizing flows as first-class NumPyro transforms and distributions."""
+"""Coupling normalizing flows as first-class NumPyro transforms, distributions and guides.
 
-from .bijection import Bijection, Chain
-from .conditioners import MLP
+Every user-facing verb is importable from here: ``from numpyro_coupling import
+coupling_flow, fit, AutoCouplingFlow, fit_guide, neutra_mcmc``.
+"""
+
+from ._version import __version__
+from .bijection import Bijection, Chain, Invert
+from .checks import as_key, as_shape
+from .conditioners import MLP, GuideConditioner
 from .coupling import (
+    COUPLINGS,
     AdditiveCoupling,
     AffineCoupling,
     Coupling,
     MixtureGaussianCDFCoupling,
     RQSplineCoupling,
 )
-from .flows import COUPLINGS, CouplingFlow, StandardNormal, coupling_flow, standard_normal
-from .infer import AutoCouplingFlow, neutra_mcmc
+from .elementwise import Elementwise
+from .flows import (
+    PERMUTATIONS,
+    CouplingFlow,
+    StandardNormal,
+    coupling_flow,
+    coupling_layers,
+    standard_normal,
+)
+from .guide import AutoCouplingFlow
 from .information import entropy, mutual_information, total_correlation
 from .io import IncompatibleFormatError, load, save
-from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute
-from .masks import alternating_mask, checkerboard_mask, half_mask
-from .rbig import (
-    MarginalGaussianization,
-    RBIGFlow,
-    RBIGLayers,
-    Rotation,
-    fit_rbig,
-    fit_rbig_coupling,
+from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute, Rotation, mixing_layer
+from .masks import alternating_mask, bit_masks, checkerboard_mask, half_mask
+from .neutra import neutra_mcmc, neutra_nuts, nuts_mcmc, sampling_efficiency
+from .rbig import RBIGFlow, RBIGLayers, fit_rbig, fit_rbig_coupling
+from .sites import unconstrained_draws
+from .svi import (
+    GuideFitState,
+    SiteOrderedTraceELBO,
+    fit_guide,
+    guide_optimizer,
+    temper_likelihood,
 )
-from .train import FitState, NonFiniteLossError, fit, flow_from_params, flow_module
-from .transformers import Additive, Affine, MixtureGaussianCDF, RQSpline, Transformer
-
-__version__ = "0.1.0"
+from .train import FitState, NonFiniteLossError, fit, flow_from_params, flow_module, partition_flow
+from .transformers import (
+    TRANSFORMERS,
+    Additive,
+    Affine,
+    LocScale,
+    LocScaleRQSpline,
+    MixtureGaussianCDF,
+    RQSpline,
+    Transformer,
+    make_transformer,
+)
 
 __all__ = [
     "COUPLINGS",
     "MLP",
+    "PERMUTATIONS",
+    "TRANSFORMERS",
     "ActNorm1D",
     "Additive",
     "AdditiveCoupling",
@@ -41,12 +68,17 @@ __all__ = [
     "Chain",
     "Coupling",
     "CouplingFlow",
+    "Elementwise",
     "FitState",
     "Flip",
+    "GuideConditioner",
+    "GuideFitState",
     "HouseholderRotation",
     "IncompatibleFormatError",
+    "Invert",
     "LULinear",
-    "MarginalGaussianization",
+    "LocScale",
+    "LocScaleRQSpline",
     "MixtureGaussianCDF",
     "MixtureGaussianCDFCoupling",
     "NonFiniteLossError",
@@ -56,23 +88,38 @@ __all__ = [
     "RQSpline",
     "RQSplineCoupling",
     "Rotation",
+    "SiteOrderedTraceELBO",
     "StandardNormal",
     "Transformer",
     "__version__",
     "alternating_mask",
+    "as_key",
+    "as_shape",
+    "bit_masks",
     "checkerboard_mask",
     "coupling_flow",
+    "coupling_layers",
     "entropy",
     "fit",
+    "fit_guide",
     "fit_rbig",
     "fit_rbig_coupling",
     "flow_from_params",
     "flow_module",
+    "guide_optimizer",
     "half_mask",
     "load",
+    "make_transformer",
+    "mixing_layer",
     "mutual_information",
     "neutra_mcmc",
+    "neutra_nuts",
+    "nuts_mcmc",
+    "partition_flow",
+    "sampling_efficiency",
     "save",
     "standard_normal",
+    "temper_likelihood",
     "total_correlation",
+    "unconstrained_draws",
 ]

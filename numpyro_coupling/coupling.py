@@ -19,6 +19,7 @@ from .masks import as_mask
 from .transformers import Additive, Affine, MixtureGaussianCDF, RQSpline, Transformer
 
 __all__ = [
+    "COUPLINGS",
     "AdditiveCoupling",
     "AffineCoupling",
     "Coupling",
@@ -187,6 +188,15 @@ class MixtureGaussianCDFCoupling(Coupling):
         super().__init__(key, shape=shape, transformer=MixtureGaussianCDF(n_components), **kwargs)
 
 
+#: The named coupling classes by their transformer's name.
+COUPLINGS = {
+    "affine": AffineCoupling,
+    "additive": AdditiveCoupling,
+    "spline": RQSplineCoupling,
+    "mixture": MixtureGaussianCDFCoupling,
+}
+
+
 def _contiguous(idx) -> bool:
     """Whether the (sorted) indices are one run ``start, start + 1, ..., stop - 1``."""
     return len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1
@@ -198,7 +208,7 @@ def _periodic(idx, size: int) -> tuple[int, int] | None:
     """``(period, phase)`` if ``idx == {i < size : (i // period) % 2 == phase}``, else ``None``.
 
     Alternating blocks of one length, as in every mask of
-    :func:`~numpyro_coupling.infer.bit_masks` and the checkerboard of a vector. Such a set is a
+    :func:`~numpyro_coupling.masks.bit_masks` and the checkerboard of a vector. Such a set is a
     strided slice of the vector padded to whole blocks, which fuses with its neighbours
     where a gather (and the scatter-add of its gradient) would not.
     """

@@ -12,15 +12,17 @@ are shared by the scripts in ``examples/``.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .infer import AutoCouplingFlow, fit_guide, neutra_nuts, nuts_mcmc, sampling_efficiency
+from .checks import as_key
+from .guide import AutoCouplingFlow
+from .neutra import neutra_mcmc, nuts_mcmc, sampling_efficiency
 from .targets import funnel, funnel_draws
+from .transformers import TRANSFORMERS
 
 __all__ = [
     "add_budget_arguments",
@@ -36,14 +38,11 @@ __all__ = [
 def compare_samplers(
     model,
     *args,
-    guide_kwargs: dict | None = None,
-    svi_steps: int = 5000,
-    learning_rate: float = 3e-3,
-    temper=None,
-    num_particles: int = 1,
+    guide: dict | None = None,
+    fit_kwargs: dict | None = None,
     num_warmup: int = 500,
     num_samples: int = 500,
-    seed: int = 0,
+    key=None,
     progress_bar: bool = True,
     nuts_kwargs: dict | None = None,
     **model_kwargs,
@@ -53,16 +52,12 @@ def compare_samplers(
     Args:
         model: the NumPyro model.
         *args: model arguments.
-        guide_kwargs: :class:`~numpyro_coupling.infer.AutoCouplingFlow` options.
-        svi_steps: SVI steps (Adam, ``Trace_ELBO``).
-        learning_rate: Adam step size.
-        temper: inverse temperatures of the SVI warm-up phases (see
-            :func:`~numpyro_coupling.infer.fit_guide`).
-        num_particles: guide draws per SVI step (see
-            :func:`~numpyro_coupling.infer.fit_guide`).
+        guide: :class:`~numpyro_coupling.AutoCouplingFlow` options.
+        fit_kwargs: options of :func:`~numpyro_coupling.fit_guide` (``steps``, ``temper``,
+            ``num_particles``, ...).
         num_warmup: NUTS warmup iterations (both samplers).
         num_samples: NUTS draws (both samplers).
-        seed: base seed.
+        key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show progress bars.
         nuts_kwargs: extra ``NUTS`` arguments (both samplers), e.g.
             ``{"target_accept_prob": 0.95}``.
@@ -71,55 +66,34 @@ def compare_samplers(
     Returns:
         dict with ``"rows"`` (one dict per sampler: ``method``, ``svi_loss``,
         ``svi_seconds`` and the fields of
-        :func:`~numpyro_coupling.infer.sampling_efficiency`), ``"nuts"`` and
-        ``"neutra"`` (``(mcmc, idata)`` pairs), ``"guide"``, ``"params"`` and
-        ``"losses"``.
+        :func:`~numpyro_coupling.sampling_efficiency`), ``"nuts"`` and ``"neutra"``
+        (``(mcmc, idata)`` pairs), ``"guide"``, ``"params"`` and ``"losses"``.
     """
-    key_svi, key_nuts, key_neutra = jr.split(jr.key(seed), 3)
-    nuts = nuts_mcmc(
+    key_nuts, key_neutra = jr.split(as_key(key))
+    common = {
+        "num_warmup": num_warmup,
+        "num_samples": num_samples,
+        "progress_bar": progress_bar,
+        "nuts_kwargs": nuts_kwargs,
+    }
+    nuts = nuts_mcmc(model, *args, key=key_nuts, **common, **model_kwargs)
+    neutra = neutra_mcmc(
         model,
         *args,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        key=key_nuts,
-        progress_bar=progress_bar,
-        nuts_kwargs=nuts_kwargs,
-        **model_kwargs,
-    )
-    start = time.perf_counter()
-    guide, params, losses = fit_guide(
-        model,
-        *args,
-        guide=AutoCouplingFlow(model, **(guide_kwargs or {})),
-        svi_steps=svi_steps,
-        learning_rate=learning_rate,
-        temper=temper,
-        num_particles=num_particles,
-        key=key_svi,
-        progress_bar=progress_bar,
-        **model_kwargs,
-    )
-    svi_seconds = time.perf_counter() - start
-    neutra = neutra_nuts(
-        model,
-        guide,
-        params,
-        *args,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
+        guide=AutoCouplingFlow(model, **(guide or {})),
+        fit_kwargs=fit_kwargs,
         key=key_neutra,
-        progress_bar=progress_bar,
-        losses=losses,
-        nuts_kwargs=nuts_kwargs,
+        **common,
         **model_kwargs,
     )
+    losses = neutra[1].svi["loss"].values
     tail = losses[-max(len(losses) // 10, 1) :]
     rows = [
         {"method": "NUTS", "svi_loss": np.nan, "svi_seconds": 0.0} | sampling_efficiency(nuts[1]),
         {
             "method": "NeuTra + AutoCouplingFlow",
             "svi_loss": float(np.mean(tail)),
-            "svi_seconds": svi_seconds,
+            "svi_seconds": neutra[1].attrs["svi_seconds"],
         }
         | sampling_efficiency(neutra[1]),
     ]
@@ -127,8 +101,8 @@ def compare_samplers(
         "rows": rows,
         "nuts": nuts,
         "neutra": neutra,
-        "guide": guide,
-        "params": params,
+        "guide": neutra[0].guide,
+        "params": neutra[0].guide_params,
         "losses": losses,
     }
 
@@ -294,7 +268,7 @@ def add_budget_arguments(
     svi_steps,
     num_warmup,
     num_samples,
-    transformer="affine",
+    transformer="loc_scale",
     temper=None,
     target_accept=DEFAULT_TARGET_ACCEPT,
 ):
@@ -313,7 +287,7 @@ def add_budget_arguments(
     parser.add_argument(
         "--transformer",
         default=transformer,
-        choices=("spline", "affine", "mixture", "additive"),
+        choices=sorted(TRANSFORMERS),
         help=f"coupling transformer of the guide (default {transformer})",
     )
     parser.add_argument("--n-layers", type=int, default=None, help="coupling layers")
@@ -343,21 +317,23 @@ def budgets(args) -> dict:
     """Keyword arguments of :func:`compare_samplers` from parsed :func:`add_budget_arguments`."""
     svi_steps, num_warmup, num_samples = args._budget
     quick = args.quick
-    guide_kwargs = {"transformer": args.transformer}
+    guide = {"transformer": args.transformer}
     if quick:
-        guide_kwargs |= {"n_layers": 2, "nn_width": 8}
+        guide |= {"n_layers": 2, "nn_width": 8}
     if args.n_layers is not None:
-        guide_kwargs["n_layers"] = args.n_layers
+        guide["n_layers"] = args.n_layers
     # Without --temper, the script's own phases.
     temper = args._temper if args.temper is None else args.temper
     return {
-        "guide_kwargs": guide_kwargs,
-        "svi_steps": args.svi_steps or (200 if quick else svi_steps),
-        "temper": temper or None,
-        "num_particles": args.particles,
+        "guide": guide,
+        "fit_kwargs": {
+            "steps": args.svi_steps or (200 if quick else svi_steps),
+            "temper": temper or None,
+            "num_particles": args.particles,
+        },
         "num_warmup": args.num_warmup or (100 if quick else num_warmup),
         "num_samples": args.num_samples or (100 if quick else num_samples),
-        "seed": args.seed,
+        "key": jr.key(args.seed),
         "progress_bar": not args.no_progress,
         "nuts_kwargs": {"target_accept_prob": args.target_accept},
     }
@@ -379,10 +355,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     kw = budgets(args)
     result = compare_samplers(funnel, dim=args.dim, **kw)
-    n = kw["num_particles"]
+    n = kw["fit_kwargs"]["num_particles"]
     particles = f" ({n} draws each)" if n > 1 else ""
     print(
-        f"\nNeal's funnel, {args.dim}-D: SVI {kw['svi_steps']} steps{particles}, NUTS "
+        f"\nNeal's funnel, {args.dim}-D: SVI {kw['fit_kwargs']['steps']} steps{particles}, NUTS "
         f"{kw['num_warmup']} warmup + {kw['num_samples']} draws, one chain (the funnel is "
         "normalised, so its SVI loss is KL(q || p) in nats)\n"
     )

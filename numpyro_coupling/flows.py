@@ -1,8 +1,12 @@
-"""Coupling flows as NumPyro ``TransformedDistribution``s with one-pass ``log_prob``."""
+"""Coupling flows as NumPyro ``TransformedDistribution``s with one-pass ``log_prob``.
+
+:func:`coupling_layers` is the one factory of coupling stacks: :func:`coupling_flow`
+wraps its stack in a :class:`CouplingFlow` (a density model), and
+:class:`~numpyro_coupling.AutoCouplingFlow` builds its layers with it too.
+"""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import equinox as eqx
@@ -13,29 +17,29 @@ import numpyro.distributions as dist
 from numpyro.distributions import TransformedDistribution
 
 from .bijection import Bijection, Chain, event_constraint, one_program
-from .coupling import AdditiveCoupling, AffineCoupling, MixtureGaussianCDFCoupling, RQSplineCoupling
-from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute
+from .checks import as_shape
+from .conditioners import GuideConditioner
+from .coupling import Coupling
+from .elementwise import Elementwise
+from .linear import MIXINGS, ActNorm1D, mixing_layer
+from .masks import bit_masks
+from .transformers import make_transformer
 
 __all__ = [
-    "COUPLINGS",
     "PERMUTATIONS",
     "CouplingFlow",
     "StandardNormal",
     "coupling_flow",
+    "coupling_layers",
+    "parameter_dtype",
     "standard_normal",
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
-#: transformer name -> coupling class (the factory's ``transformer=`` choices).
-COUPLINGS = {
-    "affine": AffineCoupling,
-    "additive": AdditiveCoupling,
-    "spline": RQSplineCoupling,
-    "mixture": MixtureGaussianCDFCoupling,
-}
-
-PERMUTATIONS = ("flip", "random", "householder", "lu", "none")
+#: ``permutation=`` choices: a mixing layer between couplings (``linear.MIXINGS``), or
+#: ``"bits"``: no mixing layer, couplings with :func:`~numpyro_coupling.masks.bit_masks`.
+PERMUTATIONS = (*MIXINGS, "bits")
 
 
 class StandardNormal(dist.Distribution):
@@ -87,8 +91,14 @@ class StandardNormal(dist.Distribution):
         return jnp.ones(self.event_shape, self.dtype)
 
 
-def _parameter_dtype(bijection):
-    """The float dtype of a bijection's arrays (``None`` when it has none)."""
+def parameter_dtype(bijection):
+    """The float dtype of a pytree's arrays (``None`` when it has none).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> parameter_dtype({"w": jnp.zeros(2, jnp.float32)}), parameter_dtype({})
+        (dtype('float32'), None)
+    """
     leaves = [x for x in jax.tree.leaves(bijection) if eqx.is_inexact_array(x)]
     return jnp.result_type(*leaves) if leaves else None
 
@@ -121,7 +131,7 @@ class CouplingFlow(TransformedDistribution):
 
     def __init__(self, bijection: Bijection, base_dist=None, *, validate_args=None):
         if base_dist is None:
-            base_dist = standard_normal(bijection.shape, _parameter_dtype(bijection))
+            base_dist = standard_normal(bijection.shape, parameter_dtype(bijection))
         super().__init__(base_dist, bijection.inv, validate_args=validate_args)
 
     @property
@@ -149,32 +159,11 @@ class CouplingFlow(TransformedDistribution):
         return self.bijection.transform(x)
 
 
-def _transformer_options(cls) -> set[str]:
-    """The transformer's own keyword arguments of a coupling class (``n_bins``, ...)."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "shape"}
-
-
-def _permutation_layer(kind, key, d, dtype=None):
-    """The layer that mixes coordinates between couplings; ``None`` for ``"none"``."""
-    if kind == "flip":
-        return Flip((d,))
-    if kind == "random":
-        return Permute.random(key, d)
-    if kind == "householder":
-        return HouseholderRotation(n_reflections=2, shape=(d,), key=key, dtype=dtype)
-    if kind == "lu":
-        return LULinear((d,), key=key, dtype=dtype)
-    if kind == "none":
-        return None
-    raise ValueError(f"permutation must be one of {PERMUTATIONS}, got {kind!r}")
-
-
-def coupling_flow(
+def coupling_layers(
     key,
     shape,
     *,
-    transformer: str = "spline",
+    transformer="spline",
     n_layers: int = 8,
     nn_width: int = 64,
     nn_depth: int = 2,
@@ -182,32 +171,110 @@ def coupling_flow(
     activation: str = "relu",
     actnorm: bool = False,
     zero_init: bool = True,
-    base_dist=None,
+    input_bound: float | None = None,
+    linear_rank: int = 0,
     dtype=None,
     **transformer_kwargs,
-) -> CouplingFlow:
-    """Build a stack of coupling layers as a NumPyro distribution.
+) -> Chain:
+    """A stack of coupling layers (data-to-latent order) as one :class:`~numpyro_coupling.Chain`.
 
-    Data-to-latent order per layer: ``[ActNorm1D] -> coupling -> permutation``. With
-    ``permutation="flip"`` the halves alternate, so every coordinate is both transformed
-    and used as context, except for odd ``d`` the middle one, which is transformed in
-    every layer and never read as context (``"random"``, ``"householder"`` or ``"lu"``
-    mix it in).
+    Per layer: ``[ActNorm1D] -> coupling -> mixing layer``. With ``permutation="flip"``
+    the halves alternate, so every coordinate is both transformed and used as context,
+    except for odd ``d`` the middle one (``"random"``, ``"householder"`` or ``"lu"`` mix it
+    in). ``"bits"`` puts no mixing layer between the couplings but gives them
+    :func:`~numpyro_coupling.masks.bit_masks`, which condition every coordinate on every
+    other one. A one-dimensional event has no coupling split: it gets ``n_layers``
+    :class:`~numpyro_coupling.Elementwise` layers.
 
     Args:
         key: PRNG key.
-        shape: event shape ``(d,)`` (``d >= 2``).
-        transformer: ``"spline"``, ``"affine"``, ``"additive"`` or ``"mixture"``.
+        shape: event shape ``(d,)`` (or the int ``d``).
+        transformer: a name of :data:`~numpyro_coupling.transformers.TRANSFORMERS`
+            (``"spline"``, ``"affine"``, ``"additive"``, ``"mixture"``, ``"loc_scale"``,
+            ``"loc_scale_spline"``) or a :class:`~numpyro_coupling.Transformer`.
         n_layers: number of coupling layers.
         nn_width: conditioner hidden width.
         nn_depth: conditioner hidden layers.
-        permutation: ``"flip"``, ``"random"``, ``"householder"``, ``"lu"`` or ``"none"``.
+        permutation: one of :data:`PERMUTATIONS`.
         activation: conditioner activation.
-        actnorm: put an :class:`ActNorm1D` before each coupling.
+        actnorm: put an :class:`~numpyro_coupling.ActNorm1D` before each coupling.
         zero_init: conditioners start with a zero final kernel.
-        base_dist: latent distribution (default ``N(0, I)``).
+        input_bound: conditioners read ``input_bound * tanh(u / input_bound)``
+            (:class:`~numpyro_coupling.conditioners.GuideConditioner`; ``None``: ``u``).
+        linear_rank: rank of a linear path from a conditioner's inputs to the log-scales
+            (transformers with a log-scale only; ``0``: none).
         dtype: parameter dtype.
-        **transformer_kwargs: forwarded to the coupling class (``n_bins``, ``interval``,
+        **transformer_kwargs: the transformer's own options (``n_bins``, ``interval``,
+            ``n_components``, ``log_scale_bound``).
+
+    Returns:
+        The :class:`~numpyro_coupling.Chain` of layers.
+
+    Example:
+        >>> import jax.random as jr
+        >>> len(coupling_layers(jr.key(0), 3, n_layers=2))  # coupling, flip, coupling, flip
+        4
+        >>> len(coupling_layers(jr.key(0), 3, n_layers=2, permutation="bits"))
+        2
+    """
+    if permutation not in PERMUTATIONS:
+        raise ValueError(f"permutation must be one of {PERMUTATIONS}, got {permutation!r}")
+    if not (isinstance(n_layers, int) and n_layers >= 1):
+        raise ValueError(f"n_layers must be an integer >= 1, got {n_layers!r}")
+    if not (isinstance(linear_rank, int) and linear_rank >= 0):
+        raise ValueError(f"linear_rank must be a non-negative integer, got {linear_rank!r}")
+    shape = as_shape(shape)
+    if len(shape) != 1:
+        raise ValueError(f"coupling stacks act on vector events (d,), got shape {shape}")
+    t = make_transformer(transformer, **transformer_kwargs)
+    (d,) = shape
+    if d == 1:
+        return Chain([Elementwise(shape, t, dtype=dtype) for _ in range(n_layers)])
+    masks = bit_masks(d, n_layers) if permutation == "bits" else [None] * n_layers
+    wrap = input_bound is not None or (linear_rank > 0 and t.log_scale_index is not None)
+    layers = []
+    for k, mask in zip(jr.split(key, n_layers), masks):
+        ck, pk = jr.split(k)
+        if actnorm:
+            layers.append(ActNorm1D(shape, dtype=dtype))
+        coupling = Coupling(
+            ck,
+            shape=shape,
+            transformer=t,
+            mask=mask,
+            nn_width=nn_width,
+            nn_depth=nn_depth,
+            activation=activation,
+            zero_init=zero_init,
+            dtype=dtype,
+        )
+        if wrap:
+            coupling.conditioner = GuideConditioner(
+                coupling.conditioner,
+                n_params=t.n_params,
+                bound=input_bound,
+                scale_index=t.log_scale_index,
+                linear_rank=linear_rank,
+                key=jr.fold_in(ck, 1),
+            )
+        layers.append(coupling)
+        mix = None if permutation == "bits" else mixing_layer(permutation, pk, d, dtype)
+        if mix is not None:
+            layers.append(mix)
+    return Chain(layers)
+
+
+def coupling_flow(key, shape, *, base_dist=None, **options) -> CouplingFlow:
+    """A stack of coupling layers as a NumPyro distribution (a :class:`CouplingFlow`).
+
+    Args:
+        key: PRNG key.
+        shape: event shape ``(d,)`` (or the int ``d``; ``d >= 2``).
+        base_dist: latent distribution (default ``N(0, I)``).
+        **options: the options of :func:`coupling_layers`: ``transformer`` (default
+            ``"spline"``), ``n_layers`` (8), ``nn_width`` (64), ``nn_depth`` (2),
+            ``permutation`` (``"flip"``), ``activation``, ``actnorm``, ``zero_init``,
+            ``dtype`` and the transformer's own options (``n_bins``, ``interval``,
             ``n_components``, ``log_scale_bound``).
 
     Returns:
@@ -219,42 +286,9 @@ def coupling_flow(
         >>> flow.event_shape
         (3,)
     """
-    if transformer not in COUPLINGS:
-        raise ValueError(f"transformer must be one of {sorted(COUPLINGS)}, got {transformer!r}")
-    if permutation not in PERMUTATIONS:
-        raise ValueError(f"permutation must be one of {PERMUTATIONS}, got {permutation!r}")
-    if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 1:
-        raise ValueError(f"coupling_flow builds flows over vector events (d,), got {shape}")
-    (d,) = shape
-    cls = COUPLINGS[transformer]
-    options = _transformer_options(cls)
-    foreign = set(transformer_kwargs) - options
-    if foreign & set().union(*map(_transformer_options, COUPLINGS.values())):
+    shape = as_shape(shape)
+    if shape[-1:] == (1,) or len(shape) != 1:
         raise ValueError(
-            f"transformer={transformer!r} takes {sorted(options) or 'no options'}, "
-            f"got {sorted(transformer_kwargs)}"
+            f"coupling_flow needs vector events (d,) with at least 2 coordinates, got {shape}"
         )
-    layers = []
-    for k in jr.split(key, n_layers):
-        ck, pk = jr.split(k)
-        if actnorm:
-            layers.append(ActNorm1D(shape, dtype=dtype))
-        layers.append(
-            cls(
-                ck,
-                shape=shape,
-                nn_width=nn_width,
-                nn_depth=nn_depth,
-                activation=activation,
-                zero_init=zero_init,
-                dtype=dtype,
-                **transformer_kwargs,
-            )
-        )
-        mix = _permutation_layer(permutation, pk, d, dtype)
-        if mix is not None:
-            layers.append(mix)
-    return CouplingFlow(Chain(layers), base_dist)
+    return CouplingFlow(coupling_layers(key, shape, **options), base_dist)

@@ -142,7 +142,7 @@ def _type_name(obj) -> str:
 def _versions() -> dict:
     import numpyro
 
-    from . import __version__
+    from ._version import __version__
 
     return {"numpyro_coupling": __version__, "jax": jax.__version__, "numpyro": numpyro.__version__}
 

@@ -1,4 +1,4 @@
-"""Volume-light layers placed between couplings: permutations, rotations, LU, ActNorm.
+"""Linear layers placed between couplings: permutations, rotations, LU, ActNorm.
 
 All act on vector events ``(d,)`` and broadcast over any batch shape.
 """
@@ -12,7 +12,17 @@ import numpy as np
 
 from .bijection import Bijection
 
-__all__ = ["ActNorm1D", "Flip", "HouseholderRotation", "LULinear", "Permute"]
+__all__ = [
+    "MIXINGS",
+    "ActNorm1D",
+    "Flip",
+    "FrozenMatrix",
+    "HouseholderRotation",
+    "LULinear",
+    "Permute",
+    "Rotation",
+    "mixing_layer",
+]
 
 
 def _vector_shape(shape, name):
@@ -230,3 +240,112 @@ class ActNorm1D(Bijection):
         self.check_event(z)
         x = z * jnp.exp(self.log_scale) + self.loc
         return x, jnp.broadcast_to(self.log_scale.sum(), self.batch_shape_of(z))
+
+
+class FrozenMatrix:
+    """A read-only float64 matrix usable as hashable pytree auxiliary data."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        array = np.array(array, dtype=np.float64)
+        array.setflags(write=False)
+        self.array = array
+
+    def __hash__(self):
+        return hash((self.array.shape, self.array.tobytes()))
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, FrozenMatrix)
+            and self.array.shape == other.array.shape
+            and bool(np.array_equal(self.array, other.array))
+        )
+
+    def __repr__(self):
+        return f"matrix{self.array.shape}"
+
+
+class Rotation(Bijection):
+    """A fixed orthogonal map ``y = x @ matrix.T`` (log-det 0, not trainable).
+
+    The matrix is configuration, not a parameter: training a flow that holds it leaves it
+    untouched, so it stays orthogonal and its log-det stays exactly zero.
+
+    Args:
+        matrix: ``(d, d)`` orthogonal matrix.
+
+    Raises:
+        ValueError: ``matrix`` is not square or not orthogonal.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> rot = Rotation([[0.0, -1.0], [1.0, 0.0]])
+        >>> rot.transform(jnp.array([1.0, 2.0])).tolist()
+        [-2.0, 1.0]
+        >>> rot.inverse(rot.transform(jnp.array([1.0, 2.0]))).tolist()
+        [1.0, 2.0]
+    """
+
+    _static = ("shape", "frozen_matrix")
+
+    def __init__(self, matrix):
+        m = np.asarray(matrix, dtype=np.float64)
+        if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
+            raise ValueError(f"Rotation needs a square (d, d) matrix, got shape {m.shape}")
+        err = np.max(np.abs(m @ m.T - np.eye(m.shape[0])))
+        if not err < 1e-5:
+            raise ValueError(f"Rotation matrix is not orthogonal (max |M M^T - I| = {err:.2g})")
+        self.frozen_matrix = FrozenMatrix(m)
+        self.shape = (m.shape[0],)
+
+    @property
+    def matrix(self):
+        """The ``(d, d)`` orthogonal matrix as a JAX array of the default float dtype."""
+        return jnp.asarray(self.frozen_matrix.array)
+
+    def transform_and_log_det(self, x):
+        self.check_event(x)
+        m = self.frozen_matrix.array.astype(jnp.result_type(x))
+        return x @ m.T, jnp.zeros(self.batch_shape_of(x), jnp.result_type(x))
+
+    def inverse_and_log_det(self, y):
+        self.check_event(y)
+        m = self.frozen_matrix.array.astype(jnp.result_type(y))
+        return y @ m, jnp.zeros(self.batch_shape_of(y), jnp.result_type(y))
+
+
+#: ``mixing_layer`` kinds: how coordinates are mixed between two couplings.
+MIXINGS = ("flip", "random", "householder", "lu", "none")
+
+
+def mixing_layer(kind: str, key, dim: int, dtype=None) -> Bijection | None:
+    """The layer that mixes coordinates between two couplings (``None`` for ``"none"``).
+
+    Args:
+        kind: ``"flip"`` (reverse the order), ``"random"`` (a fixed random permutation),
+            ``"householder"`` (a learnt rotation, two reflections), ``"lu"`` (a learnt
+            invertible linear map) or ``"none"``.
+        key: PRNG key (random and learnt kinds).
+        dim: number of coordinates.
+        dtype: parameter dtype of the learnt kinds.
+
+    Returns:
+        The :class:`~numpyro_coupling.Bijection`, or ``None``.
+
+    Example:
+        >>> import jax.random as jr
+        >>> type(mixing_layer("flip", jr.key(0), 3)).__name__, mixing_layer("none", None, 3)
+        ('Flip', None)
+    """
+    if kind == "flip":
+        return Flip((dim,))
+    if kind == "random":
+        return Permute.random(key, dim)
+    if kind == "householder":
+        return HouseholderRotation(n_reflections=2, shape=(dim,), key=key, dtype=dtype)
+    if kind == "lu":
+        return LULinear((dim,), key=key, dtype=dtype)
+    if kind == "none":
+        return None
+    raise ValueError(f"permutation must be one of {MIXINGS}, got {kind!r}")

@@ -44,16 +44,15 @@ from tqdm.auto import tqdm
 
 from .bijection import Bijection, Chain
 from .coupling import MixtureGaussianCDFCoupling
+from .elementwise import Elementwise
 from .flows import CouplingFlow
-from .linear import ActNorm1D, Flip, HouseholderRotation
+from .linear import ActNorm1D, Flip, FrozenMatrix, HouseholderRotation, Rotation
 from .transformers import MixtureGaussianCDF, Transformer
 
 __all__ = [
     "ROTATIONS",
-    "MarginalGaussianization",
     "RBIGFlow",
     "RBIGLayers",
-    "Rotation",
     "fit_gaussian_mixture",
     "fit_rbig",
     "fit_rbig_coupling",
@@ -66,147 +65,12 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 # --- bijections -------------------------------------------------------------------------
-class _FrozenMatrix:
-    """A read-only float64 matrix usable as hashable pytree auxiliary data."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array):
-        array = np.array(array, dtype=np.float64)
-        array.setflags(write=False)
-        self.array = array
-
-    def __hash__(self):
-        return hash((self.array.shape, self.array.tobytes()))
-
-    def __eq__(self, other):
-        return (
-            isinstance(other, _FrozenMatrix)
-            and self.array.shape == other.array.shape
-            and bool(np.array_equal(self.array, other.array))
-        )
-
-    def __repr__(self):
-        return f"matrix{self.array.shape}"
-
-
-class Rotation(Bijection):
-    """A fixed orthogonal map ``y = x @ matrix.T`` (log-det 0, not trainable).
-
-    The matrix is configuration, not a parameter: training a flow that holds it leaves it
-    untouched, so it stays orthogonal and its log-det stays exactly zero.
-
-    Args:
-        matrix: ``(d, d)`` orthogonal matrix.
-
-    Raises:
-        ValueError: ``matrix`` is not square or not orthogonal.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> rot = Rotation([[0.0, -1.0], [1.0, 0.0]])
-        >>> rot.transform(jnp.array([1.0, 2.0])).tolist()
-        [-2.0, 1.0]
-        >>> rot.inverse(rot.transform(jnp.array([1.0, 2.0]))).tolist()
-        [1.0, 2.0]
-    """
-
-    _static = ("shape", "frozen_matrix")
-
-    def __init__(self, matrix):
-        m = np.asarray(matrix, dtype=np.float64)
-        if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
-            raise ValueError(f"Rotation needs a square (d, d) matrix, got shape {m.shape}")
-        err = np.max(np.abs(m @ m.T - np.eye(m.shape[0])))
-        if not err < 1e-5:
-            raise ValueError(f"Rotation matrix is not orthogonal (max |M M^T - I| = {err:.2g})")
-        self.frozen_matrix = _FrozenMatrix(m)
-        self.shape = (m.shape[0],)
-
-    @property
-    def matrix(self):
-        """The ``(d, d)`` orthogonal matrix as a JAX array of the default float dtype."""
-        return jnp.asarray(self.frozen_matrix.array)
-
-    def transform_and_log_det(self, x):
-        self.check_event(x)
-        m = self.frozen_matrix.array.astype(jnp.result_type(x))
-        return x @ m.T, jnp.zeros(self.batch_shape_of(x), jnp.result_type(x))
-
-    def inverse_and_log_det(self, y):
-        self.check_event(y)
-        m = self.frozen_matrix.array.astype(jnp.result_type(y))
-        return y @ m, jnp.zeros(self.batch_shape_of(y), jnp.result_type(y))
-
-
-class MarginalGaussianization(Bijection):
-    """Elementwise map of every coordinate by its own transformer parameters.
-
-    With the default :class:`~numpyro_coupling.MixtureGaussianCDF` transformer each
-    coordinate goes through ``Phi^-1(F_i(x_i))``, ``F_i`` a Gaussian-mixture CDF: the
-    diagonal (marginal) Gaussianisation layer of RBIG. It is exactly what a
-    zero-kernel coupling does to its active coordinates, with all coordinates active.
-
-    Args:
-        shape: event shape.
-        transformer: the elementwise map (default ``MixtureGaussianCDF(8)``).
-        params: raw parameters ``(*shape, transformer.n_params)`` (trainable); default
-            ``transformer.constant_params`` for every coordinate.
-        dtype: dtype of the default parameters.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from numpyro_coupling import MixtureGaussianCDF
-        >>> mix = MixtureGaussianCDF(2)
-        >>> params = mix.pack(jnp.array([[0.5, 0.5]] * 3), jnp.array([[-1.0, 1.0]] * 3),
-        ...                   jnp.ones((3, 2)))
-        >>> layer = MarginalGaussianization((3,), mix, params)
-        >>> z, log_det = jax.jit(layer.transform_and_log_det)(jnp.zeros(3))  # at the median
-        >>> bool((z == 0).all()), log_det.shape
-        (True, ())
-    """
-
-    _params = ("params",)
-    _static = ("shape", "transformer")
-
-    def __init__(self, shape, transformer: Transformer | None = None, params=None, dtype=None):
-        self.shape = tuple(int(s) for s in shape)
-        self.transformer = MixtureGaussianCDF(8) if transformer is None else transformer
-        n_params = self.transformer.n_params
-        if params is None:
-            dtype = dtype or jnp.zeros(()).dtype
-            params = jnp.broadcast_to(
-                self.transformer.constant_params(dtype), (*self.shape, n_params)
-            )
-        params = jnp.asarray(params)
-        if params.shape != (*self.shape, n_params):
-            raise ValueError(
-                f"params must have shape {(*self.shape, n_params)} (event shape + n_params), "
-                f"got {params.shape}"
-            )
-        self.params = params
-
-    def _sum_event(self, log_det):
-        return log_det.sum(tuple(range(-len(self.shape), 0))) if self.shape else log_det
-
-    def transform_and_log_det(self, x):
-        self.check_event(x)
-        y, log_det = self.transformer.forward(x, self.params)
-        return y, self._sum_event(log_det)
-
-    def inverse_and_log_det(self, y):
-        self.check_event(y)
-        params = jnp.broadcast_to(self.params, jnp.shape(y) + self.params.shape[-1:])
-        x, log_det = self.transformer.inverse(y, params)
-        return x, self._sum_event(log_det)
-
-
 class RBIGLayers(Bijection):
     """``L`` greedy RBIG layers ``x -> T(x @ M_l^T; params_l)``, run by one ``lax.scan``.
 
     Layer ``l`` rotates by the fixed orthogonal ``M_l`` and then Gaussianises every
     coordinate with the elementwise transformer (a :class:`Rotation` followed by a
-    :class:`MarginalGaussianization`). Scanning over stacked layers compiles one layer
+    :class:`~numpyro_coupling.Elementwise` layer). Scanning over stacked layers compiles one layer
     whatever the depth, so a 100-layer fit costs no more to compile than a 1-layer one.
 
     Args:
@@ -241,7 +105,7 @@ class RBIGLayers(Bijection):
         expected = (*m.shape[:2], self.transformer.n_params)
         if params.shape != expected:
             raise ValueError(f"params must have shape {expected}, got {params.shape}")
-        self.frozen_matrices = _FrozenMatrix(m)
+        self.frozen_matrices = FrozenMatrix(m)
         self.params = params
         self.shape = (m.shape[1],)
 
@@ -284,12 +148,12 @@ class RBIGLayers(Bijection):
 
     @property
     def layers(self):
-        """``[(Rotation or None, MarginalGaussianization), ...]``: the layers one by one."""
+        """``[(Rotation or None, Elementwise), ...]``: the layers one by one."""
         out = []
         for matrix, params in zip(self.frozen_matrices.array, self.params):
             identity = np.array_equal(matrix, np.eye(len(matrix)))
             rotation = None if identity else Rotation(matrix)
-            out.append((rotation, MarginalGaussianization(self.shape, self.transformer, params)))
+            out.append((rotation, Elementwise(self.shape, self.transformer, params)))
         return out
 
 

@@ -26,9 +26,18 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from numpyro.distributions import TransformedDistribution
-from tqdm.auto import tqdm
 
-from .flows import _parameter_dtype
+from .checks import as_key
+from .flows import parameter_dtype
+from .loop import (
+    LoopCarry,
+    all_finite,
+    average_decay,
+    chunk_runner,
+    run_chunks,
+    start_carry,
+    training_bar,
+)
 
 __all__ = [
     "FitState",
@@ -85,7 +94,7 @@ def _event_shape(flow) -> tuple[int, ...]:
 
 
 def _param_dtype(params):
-    dtype = _parameter_dtype(params)
+    dtype = parameter_dtype(params)
     return jnp.zeros(()).dtype if dtype is None else dtype
 
 
@@ -132,8 +141,7 @@ class FitState(NamedTuple):
 
     Attributes:
         params: the trainable leaves (``partition_flow(flow)[0]`` structure) at ``step``.
-        opt_state: the optimiser state (holds the schedule's step count, and with
-            ``ema_decay`` the moving average of the parameters).
+        opt_state: the optimiser state (holds the schedule's step count).
         step: number of optimisation steps taken.
         total_steps: length of the learning-rate schedule (the ``steps`` of the run).
         key: the run's base PRNG key; step ``t`` draws its minibatch from
@@ -145,6 +153,8 @@ class FitState(NamedTuple):
             without validation data).
         best_val: that lowest validation NLL (``inf`` without validation data).
         since_best: validation checks since the last improvement.
+        average: the moving average of the parameters (see ``average`` of :func:`fit`).
+        average_weight: the sum of that average's weights.
     """
 
     params: Any
@@ -157,6 +167,8 @@ class FitState(NamedTuple):
     best_params: Any
     best_val: float
     since_best: int
+    average: Any
+    average_weight: Any
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -180,106 +192,46 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # --------------------------------------------------------------------------------------
-# Compiled pieces (module level, so repeated fits of the same structure reuse compilations)
+# The step handed to the training loop (module level: one compilation per flow structure)
 # --------------------------------------------------------------------------------------
 
 
-class _AverageState(NamedTuple):
-    count: jax.Array
-    mean: Any
-
-
-def _moving_average(decay):
-    """Last link of the optimiser: an exponential moving average of the updated parameters.
-
-    The updates pass through unchanged; the state keeps ``sum_t decay^(n-t) (1 - decay)
-    params_t``, debiased by :func:`_averaged_params`. Kept in the optimiser state, so it
-    is saved and resumed with it.
-    """
-
-    def init(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return _AverageState(jnp.zeros((), jnp.int32), zeros)
-
-    def update(updates, state, params):
-        new = optax.apply_updates(params, updates)
-        mean = jax.tree.map(lambda m, p: decay * m + (1 - decay) * p, state.mean, new)
-        return updates, _AverageState(state.count + 1, mean)
-
-    return optax.GradientTransformation(init, update)
-
-
-def _averaged_params(opt_state, params, decay):
-    """The debiased moving average kept by :func:`_moving_average` (``params`` if none yet)."""
-    state = opt_state[-1]
-    if int(state.count) == 0:
-        return params
-    norm = 1 - decay ** int(state.count)
-    return jax.tree.map(lambda m, p: (m / norm).astype(p.dtype), state.mean, params)
-
-
-def _optimizer(learning_rate, total_steps, clip_norm, weight_decay=0.0, ema_decay=None):
+def _optimizer(learning_rate, total_steps, clip_norm, weight_decay=0.0):
     schedule = optax.cosine_onecycle_schedule(total_steps, learning_rate)
     # Decoupled decay (AdamW): each step shrinks the parameters by lr * weight_decay.
     if weight_decay:
         adam = optax.adamw(schedule, weight_decay=weight_decay)
     else:
         adam = optax.adam(schedule)
-    links = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
-    links.append(adam)
-    if ema_decay is not None:
-        links.append(_moving_average(ema_decay))
-    return links[0] if len(links) == 1 else optax.chain(*links)
+    return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
 def _mean_nll(params, static, x):
     return -jnp.mean(eqx.combine(params, static).log_prob(x))
 
 
-def _tree_select(pred, on_true, on_false):
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+def _nll_step(state, t, static, data, key, hyper):
+    """One minibatch Adam step on the mean NLL; step ``t`` draws its rows from ``fold_in(key, t)``.
 
-
-def _all_finite(tree):
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
-@eqx.filter_jit
-def _run_chunk(params, static, opt_state, data, key, start, n_active, hyper):
-    """Run ``n_active <= chunk_len`` steps in one scan; ``hyper`` holds the static settings.
-
-    Returns the new parameters and optimiser state, the per-step losses and a per-step
-    flag telling whether the step was applied. A step whose loss or gradient is not finite
-    is not applied, and the steps after it are skipped: the carried parameters stay the
-    last finite ones.
+    ``hyper = (batch_size, <the arguments of _optimizer>, batch_sharding)``, all static.
     """
-    # hyper = (chunk_len, batch_size, <the arguments of _optimizer>, batch_sharding)
-    chunk_len, batch_size, *optimizer_settings, batch_sharding = hyper
-    optimizer = _optimizer(*optimizer_settings)
-    n = data.shape[0]
-
-    def body(carry, i):
-        params, opt_state, ok = carry
-        idx = jr.randint(jr.fold_in(key, start + i), (batch_size,), 0, n)
-        batch = jnp.take(data, idx, axis=0)
-        if batch_sharding is not None:
-            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        loss, grads = jax.value_and_grad(_mean_nll)(params, static, batch)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        active = i < n_active
-        applied = active & ok & jnp.isfinite(loss) & _all_finite(grads)
-        params = _tree_select(applied, new_params, params)
-        opt_state = _tree_select(applied, new_opt_state, opt_state)
-        ok = ok & (applied | ~active)
-        return (params, opt_state, ok), (loss, applied)
-
-    init = (params, opt_state, jnp.array(True))
-    (params, opt_state, _), (losses, applied) = jax.lax.scan(body, init, jnp.arange(chunk_len))
-    return params, opt_state, losses, applied
+    params, opt_state = state
+    batch_size, *optimizer_settings, batch_sharding = hyper
+    idx = jr.randint(jr.fold_in(key, t), (batch_size,), 0, data.shape[0])
+    batch = jnp.take(data, idx, axis=0)
+    if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    loss, grads = jax.value_and_grad(_mean_nll)(params, static, batch)
+    updates, opt_state = _optimizer(*optimizer_settings).update(grads, opt_state, params)
+    new_state = (optax.apply_updates(params, updates), opt_state)
+    return new_state, loss, jnp.isfinite(loss) & all_finite(grads)
 
 
+def _params_of(state):
+    return state[0]
+
+
+_run_chunk = chunk_runner(_nll_step, _params_of)
 _eval_nll = eqx.filter_jit(_mean_nll)
 
 
@@ -303,17 +255,46 @@ def _resolve_mesh(mesh):
     return mesh, mesh.axis_names[0]
 
 
+def _split_validation(data, validation, key, event_shape):
+    """``(train, val)``: ``validation`` is held-out data, a fraction of ``data`` or ``None``."""
+    if validation is None:
+        return data, None
+    if np.ndim(validation) == 0:
+        frac = float(validation)
+        if not 0.0 < frac < 1.0:
+            raise ValueError(f"validation fraction must be in (0, 1), got {frac}")
+        n_val = round(frac * len(data))
+        if not 0 < n_val < len(data):
+            raise ValueError(f"validation={frac} leaves no data for training or validation")
+        perm = np.asarray(jr.permutation(key, len(data)))
+        return data[perm[n_val:]], data[perm[:n_val]]
+    return data, _check_data(validation, event_shape, "validation")
+
+
+def _check_options(steps, batch_size, chunk_size, weight_decay, average, patience, validation):
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"need batch_size, chunk_size >= 1, got {batch_size}, {chunk_size}")
+    if not (np.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+    if average is not None and not 0.0 <= average <= 1.0:
+        raise ValueError(f"average must be a fraction in [0, 1] or None, got {average}")
+    if patience is not None and validation is None:
+        raise ValueError("patience needs validation data (validation=fraction or array)")
+
+
 def fit(
     flow,
     data,
     *,
-    key,
+    key=None,
     steps: int | None = None,
     batch_size: int = 512,
     learning_rate: float = 3e-3,
     clip_norm: float | None = 1.0,
     weight_decay: float = 0.0,
-    ema_decay: float | None = None,
+    average: float | None = None,
     validation=None,
     patience: int | None = None,
     chunk_size: int = 100,
@@ -327,24 +308,25 @@ def fit(
 
     The learning rate follows ``optax.cosine_onecycle_schedule(steps, learning_rate)``
     after ``optax.clip_by_global_norm(clip_norm)``. Minibatches of ``batch_size`` rows are
-    drawn with replacement by random indices on the device.
+    drawn with replacement by random indices on the device. The steps run in the training
+    loop shared with :func:`~numpyro_coupling.fit_guide` (:mod:`numpyro_coupling.loop`).
 
     Args:
         flow: the flow to train, e.g. from :func:`~numpyro_coupling.coupling_flow`.
         data: ``(n, *event_shape)`` finite training data.
-        key: PRNG key (minibatches and the validation split).
+        key: PRNG key (minibatches and the validation split; default
+            ``jax.random.key(0)``).
         steps: optimisation steps, also the length of the learning-rate schedule
             (default 3000; when resuming, the resumed run's ``total_steps``).
         batch_size: rows per step (divisible by the device count when ``mesh`` is set).
         learning_rate: peak learning rate of the one-cycle schedule.
         clip_norm: global gradient-norm clip (``None`` disables it).
         weight_decay: decoupled weight decay (AdamW): every step shrinks all trainable
-            leaves by ``lr * weight_decay``. A small flow fitted to a few thousand points
-            overfits less with it (e.g. 0.3 on two-moons; see ``benchmarks/density.py``).
-        ema_decay: if set (in ``(0, 1)``, e.g. 0.998), the returned flow (and the one
-            validation scores) has the exponential moving average of the parameters over
-            the steps (Polyak averaging), debiased for its zero start, instead of the
-            last iterate.
+            leaves by ``lr * weight_decay``.
+        average: if set, the returned flow (and the one validation scores) has an
+            exponential moving average of the parameters with a time constant of
+            ``average * steps`` steps (Polyak averaging, bias-corrected) instead of the
+            last iterate; ``None`` or ``0``: the last iterate.
         validation: held-out data ``(m, *event_shape)``, or a fraction in ``(0, 1)`` of
             ``data`` to hold out. With validation data the returned flow is the one with
             the lowest validation NLL seen (checked at step 0 and after every chunk).
@@ -354,8 +336,7 @@ def fit(
             progress bar, the validation checks and the NaN check.
         progress_bar: show a tqdm bar with the current loss.
         mesh: a one-axis ``jax.sharding.Mesh`` (or ``"auto"`` for all local devices) to
-            split every minibatch across devices; parameters are replicated. Results equal
-            the single-device run up to the order of float reductions.
+            split every minibatch across devices; parameters are replicated.
         resume: a :class:`FitState` from an earlier call with ``return_state=True``;
             training continues exactly where it stopped (pass the same ``flow``, ``data``,
             ``key`` and hyper-parameters).
@@ -369,6 +350,7 @@ def fit(
 
     Raises:
         ValueError: bad data (wrong shape, NaN/inf values) or arguments.
+        TypeError: ``key`` is not a PRNG key.
         NonFiniteLossError: (a ``FloatingPointError``) a loss or gradient became NaN/inf;
             it names the step and carries ``last_finite_flow``.
 
@@ -382,6 +364,7 @@ def fit(
         >>> losses.shape, bool(losses[-20:].mean() < losses[:20].mean())
         ((200,), True)
     """
+    key = as_key(key)
     event_shape = _event_shape(flow)
     params, static = partition_flow(flow)
     dtype = _param_dtype(params)
@@ -398,35 +381,14 @@ def fit(
         if jax.tree.structure(resume.params) != jax.tree.structure(params):
             raise ValueError("resume state does not match the flow's parameter structure")
     steps = 3000 if steps is None else int(steps)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if batch_size < 1 or chunk_size < 1:
-        raise ValueError(f"need batch_size, chunk_size >= 1, got {batch_size}, {chunk_size}")
-    if not (np.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
-    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
-    if patience is not None and validation is None:
-        raise ValueError("patience needs validation data (validation=fraction or array)")
+    _check_options(steps, batch_size, chunk_size, weight_decay, average, patience, validation)
     stop = steps if stop_at is None else int(stop_at)
     if not 0 < stop <= steps:
         raise ValueError(f"stop_at must be in [1, steps={steps}], got {stop_at}")
 
     data = _check_data(data, event_shape)
     split_key, batch_key = jr.split(key)
-    if validation is None:
-        val = None
-    elif np.ndim(validation) == 0:
-        frac = float(validation)
-        if not 0.0 < frac < 1.0:
-            raise ValueError(f"validation fraction must be in (0, 1), got {frac}")
-        n_val = round(frac * len(data))
-        if not 0 < n_val < len(data):
-            raise ValueError(f"validation={frac} leaves no data for training or validation")
-        perm = np.asarray(jr.permutation(split_key, len(data)))
-        data, val = data[perm[n_val:]], data[perm[:n_val]]
-    else:
-        val = _check_data(validation, event_shape, "validation")
+    data, val = _split_validation(data, validation, split_key, event_shape)
 
     mesh, axis = _resolve_mesh(mesh)
     replicated = batch_sharding = None
@@ -447,8 +409,8 @@ def fit(
 
     # ---- state -------------------------------------------------------------------------
     if resume is None:
-        optimizer = _optimizer(learning_rate, steps, clip_norm, weight_decay, ema_decay)
-        opt_state = optimizer.init(params)
+        opt_state = _optimizer(learning_rate, steps, clip_norm, weight_decay).init(params)
+        carry = start_carry((put(params), put(opt_state)), _params_of, dtype)
         step, losses, val_losses = 0, [], []
         best_params, best_val, since_best = None, np.inf, 0
         if val_x is not None:
@@ -457,17 +419,21 @@ def fit(
     else:
         if stop < resume.step:
             raise ValueError(f"stop_at={stop} is before the resumed step {resume.step}")
-        params, opt_state = resume.params, resume.opt_state
+        state = (put(resume.params), put(resume.opt_state))
+        carry = LoopCarry(state, put(resume.average), resume.average_weight, jnp.array(True))
         step, losses = int(resume.step), [np.asarray(resume.losses)]
         val_losses = list(np.asarray(resume.val_losses))
         best_params, best_val, since_best = resume.best_params, resume.best_val, resume.since_best
         batch_key = resume.key
-    params, opt_state = put(params), put(opt_state)
 
-    def make_state():
+    def current(carry):
+        """The parameters a fit stands for now: the last iterate, or their average."""
+        return carry.average if average else carry.state[0]
+
+    def make_state(carry, losses):
         return FitState(
-            params=params,
-            opt_state=opt_state,
+            params=carry.state[0],
+            opt_state=carry.state[1],
             step=step,
             total_steps=steps,
             key=batch_key,
@@ -476,78 +442,67 @@ def fit(
             best_params=best_params,
             best_val=float(best_val),
             since_best=int(since_best),
+            average=carry.average,
+            average_weight=carry.weight,
         )
+
+    def validate(carry, _):
+        nonlocal best_val, best_params, since_best
+        if val_x is None:
+            return False, None
+        candidate = current(carry)
+        v = float(_eval_nll(candidate, static, val_x))
+        val_losses.append(v)
+        if v < best_val:
+            best_val, best_params, since_best = v, candidate, 0
+        else:
+            since_best += 1
+        return patience is not None and since_best >= patience, f"val {v:.4g}"
 
     # Equal chunks covering what is left, so one compilation serves the whole run.
     n_chunks = -(-(stop - step) // chunk_size)
-    chunk_len = -(-(stop - step) // n_chunks) if n_chunks else chunk_size
+    chunk = -(-(stop - step) // n_chunks) if n_chunks else chunk_size
     hyper = (
-        chunk_len,
         batch_size,
         float(learning_rate),
         steps,
         clip_norm,
         float(weight_decay),
-        None if ema_decay is None else float(ema_decay),
         batch_sharding,
     )
-
-    def current(params, opt_state):
-        """The parameters a fit stands for now: the last iterate, or their average."""
-        return params if ema_decay is None else _averaged_params(opt_state, params, ema_decay)
-
-    bar = tqdm(total=steps, initial=step, disable=not progress_bar, desc="fit", leave=True)
+    bar = training_bar(steps, enabled=progress_bar, desc="fit", initial=step)
     try:
-        while step < stop:
-            n_active = min(chunk_len, stop - step)
-            params, opt_state, chunk_losses, applied = _run_chunk(
-                params,
-                static,
-                opt_state,
-                train_x,
-                batch_key,
-                jnp.asarray(step),  # arrays, not Python ints: one compilation for all chunks
-                jnp.asarray(n_active),
-                hyper,
-            )
-            chunk_losses = np.asarray(chunk_losses)[:n_active]
-            applied = np.asarray(applied)[:n_active]
-            if not applied.all():
-                bad = int(np.argmin(applied))
-                losses.append(chunk_losses[:bad])
-                step += bad
-                state = make_state()
-                raise NonFiniteLossError(
-                    f"the loss or its gradient became non-finite at step {step} (0-based) of "
-                    f"{steps}, loss {chunk_losses[bad]:.4g} after {_last(losses):.4g}; lower "
-                    "learning_rate, keep clip_norm, or standardise the data. The parameters "
-                    "from before that step are on this error's `last_finite_flow`.",
-                    step=step,
-                    last_finite_flow=eqx.combine(params, static),
-                    losses=state.losses,
-                    state=state,
-                )
-            losses.append(chunk_losses)
-            step += n_active
-            postfix = {"loss": f"{chunk_losses[-1]:.4f}"}
-            if val_x is not None:
-                candidate = current(params, opt_state)
-                v = float(_eval_nll(candidate, static, val_x))
-                val_losses.append(v)
-                if v < best_val:
-                    best_val, best_params, since_best = v, candidate, 0
-                else:
-                    since_best += 1
-                postfix["val"] = f"{v:.4f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(n_active)
-            if patience is not None and since_best >= patience:
-                break
+        carry, new_losses, refused = run_chunks(
+            _run_chunk,
+            carry,
+            (static, train_x, batch_key, hyper),
+            steps=stop - step,
+            start=step,
+            chunk=chunk,
+            decay=average_decay(average, steps),
+            halt=True,
+            bar=bar,
+            after_chunk=validate,
+        )
     finally:
         bar.close()
+    losses.append(new_losses)
+    step += len(new_losses)
+    if refused is not None:
+        state = make_state(carry, losses)
+        raise NonFiniteLossError(
+            f"the loss or its gradient became non-finite at step {step} (0-based) of "
+            f"{steps}, after a loss of {_last(losses):.4g}; lower learning_rate, keep "
+            "clip_norm, or standardise the data. The parameters from before that step are "
+            "on this error's `last_finite_flow`.",
+            step=step,
+            last_finite_flow=eqx.combine(carry.state[0], static),
+            losses=state.losses,
+            state=state,
+        )
 
-    state = make_state()
-    final = best_params if best_params is not None else current(params, opt_state)
+    state = make_state(carry, losses)
+    final = best_params if best_params is not None else current(carry)
     fitted = eqx.combine(final, static)
     if return_state:
         return fitted, state.losses, state

@@ -13,7 +13,8 @@ know which one it holds:
   conditioner starts from.
 
 Transformers are frozen dataclasses: hashable, so they can sit in a pytree's static
-auxiliary data.
+auxiliary data. :data:`TRANSFORMERS` names every one of them; the flow factory and the
+guide both build theirs by :func:`make_transformer`, so a name means one map everywhere.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr, logsumexp, ndtri
 
 __all__ = [
+    "TRANSFORMERS",
     "Additive",
     "Affine",
+    "LocScale",
+    "LocScaleRQSpline",
     "MixtureGaussianCDF",
     "RQSpline",
     "Transformer",
     "log_ndtri",
+    "make_transformer",
     "soft_clamp",
+    "transformer_options",
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -430,3 +436,145 @@ def _root_jvp(transformer, primals, tangents):
         lambda p: transformer._forward(x, p), (params,), (dparams,)
     )
     return x, (dy - df_dparams) * jnp.exp(-log_det)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocScale(Affine):
+    """``y = (x - shift) * exp(-log_scale)``: an affine map written as a standardisation.
+
+    The family of :class:`Affine` (``x * exp(s) + t``), parameterised so that a
+    hierarchical dependency is simple for a conditioner: when, given the context,
+    ``x ~ N(m, exp(2 l))`` (eight schools' ``theta ~ N(mu, tau)``), the exact map has
+    ``shift = m`` and ``log_scale = l``, while ``x * exp(s) + t`` needs ``t = -m exp(-l)``,
+    a product that grows without bound in a funnel's neck.
+
+    Raw parameters: ``shift``, ``log_scale`` (soft-bounded by ``log_scale_bound``; wide by
+    default, since a funnel's neck needs one coupling to shrink a coordinate by ``exp(-7)``
+    and more). Zero raw parameters give the identity.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> t = LocScale()
+        >>> params = jnp.array([1.0, 0.5])  # shift 1, log-scale about 0.5 (soft-bounded)
+        >>> y, log_det = t.forward(jnp.array(3.0), params)
+        >>> round(float(t.inverse(y, params)[0]), 4), bool(log_det < 0)
+        (3.0, True)
+        >>> float(t.forward(jnp.array(3.0), jnp.zeros(2))[0])  # zero parameters: identity
+        3.0
+    """
+
+    log_scale_bound: float = 20.0
+
+    # The same map as Affine, read the other way round: Affine's inverse is a
+    # standardisation, ``(y - shift) * exp(-log_scale)``.
+    forward = Affine.inverse
+    inverse = Affine.forward
+
+
+@dataclasses.dataclass(frozen=True)
+class LocScaleRQSpline(Transformer):
+    """A :class:`LocScale` map followed by a rational-quadratic spline.
+
+    ``y = spline((x - shift) * exp(-log_scale))``: the affine part moves and rescales the
+    coordinate into the spline's interval, the spline reshapes it there. A plain spline
+    is the identity outside ``[-interval, interval]``, so on its own it cannot follow a
+    coordinate whose scale varies with the context (a funnel's neck and mouth); the
+    affine part can. Zero raw parameters give the identity.
+
+    Raw parameters: ``shift``, ``log_scale`` (soft-bounded by ``log_scale_bound``), then
+    the spline's ``3 * n_bins - 1``.
+
+    Args:
+        n_bins: spline bins.
+        interval: spline half-width (in the standardised coordinates the affine part
+            produces).
+        log_scale_bound: soft bound on ``|log_scale|``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> t = LocScaleRQSpline(n_bins=4, interval=3.0)
+        >>> params = jnp.zeros(t.n_params).at[1].set(jnp.log(2.0))
+        >>> y, log_det = t.forward(jnp.array(1.0), params)
+        >>> round(float(y), 4), round(float(t.inverse(y, params)[0]), 4)
+        (0.5001, 1.0)
+    """
+
+    n_bins: int = 8
+    interval: float = 4.0
+    log_scale_bound: float = 20.0
+    log_scale_index = 1  # a class constant, not a field
+
+    def __post_init__(self):
+        # The two stages, built once; equality and hashing see only the three options.
+        object.__setattr__(self, "_affine", LocScale(self.log_scale_bound))
+        object.__setattr__(self, "_spline", RQSpline(self.n_bins, self.interval))
+
+    @property
+    def n_params(self) -> int:
+        return 2 + self._spline.n_params
+
+    def forward(self, x, params):
+        u, log_det = self._affine.forward(x, params[..., :2])
+        y, spline_log_det = self._spline.forward(u, params[..., 2:])
+        return y, log_det + spline_log_det
+
+    def inverse(self, y, params):
+        u, spline_log_det = self._spline.inverse(y, params[..., 2:])
+        x, log_det = self._affine.inverse(u, params[..., :2])
+        return x, log_det + spline_log_det
+
+
+#: Every transformer by name: the ``transformer=`` vocabulary of the flow factory and the
+#: guide alike.
+TRANSFORMERS = {
+    "affine": Affine,
+    "additive": Additive,
+    "spline": RQSpline,
+    "mixture": MixtureGaussianCDF,
+    "loc_scale": LocScale,
+    "loc_scale_spline": LocScaleRQSpline,
+}
+
+
+def transformer_options(name: str) -> tuple[str, ...]:
+    """The keyword options of the transformer called ``name`` (its dataclass fields).
+
+    Example:
+        >>> transformer_options("spline")
+        ('n_bins', 'interval', 'min_bin_size', 'min_derivative')
+    """
+    return tuple(f.name for f in dataclasses.fields(TRANSFORMERS[name]))
+
+
+def make_transformer(name, **options) -> Transformer:
+    """The transformer called ``name`` in :data:`TRANSFORMERS`, built with ``options``.
+
+    Args:
+        name: a key of :data:`TRANSFORMERS`, or a :class:`Transformer` (returned as it
+            is; it then takes no options).
+        **options: the transformer's own options (``n_bins``, ``interval``,
+            ``log_scale_bound``, ``n_components``, ...).
+
+    Returns:
+        The :class:`Transformer`.
+
+    Raises:
+        ValueError: an unknown name, or options that transformer does not take.
+
+    Example:
+        >>> make_transformer("spline", n_bins=4)
+        RQSpline(n_bins=4, interval=4.0, min_bin_size=0.001, min_derivative=0.001)
+    """
+    if isinstance(name, Transformer):
+        if options:
+            raise ValueError(f"a Transformer instance takes no options, got {sorted(options)}")
+        return name
+    if name not in TRANSFORMERS:
+        raise ValueError(f"transformer must be one of {sorted(TRANSFORMERS)}, got {name!r}")
+    allowed = transformer_options(name)
+    foreign = sorted(set(options) - set(allowed))
+    if foreign:
+        raise ValueError(
+            f"transformer={name!r} takes {list(allowed) or 'no options'}, got {foreign}"
+        )
+    return TRANSFORMERS[name](**options)

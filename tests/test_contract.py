@@ -274,8 +274,8 @@ def test_masks_flip_and_custom():
 @pytest.mark.parametrize("dim", [2, 3, 10, 11, 64, 100])
 def test_mask_split_and_merge_match_indexing(dim):
     """Bit masks take the strided-slice path; other masks fall back to a gather."""
+    from numpyro_coupling import bit_masks
     from numpyro_coupling.coupling import _merge, _periodic, _take
-    from numpyro_coupling.infer import bit_masks
 
     rng = np.random.default_rng(dim)
     masks = [*bit_masks(dim, 16), rng.random(dim) < 0.5, np.arange(dim) % 3 == 0]

@@ -145,8 +145,8 @@ def test_factory_rejects_bad_arguments():
     with pytest.raises(ValueError, match="at least 2"):
         coupling_flow(jr.key(0), (1,))
     # A transformer's option given to another transformer.
-    with pytest.raises(ValueError, match="takes \\['n_components'\\]"):
-        coupling_flow(jr.key(0), (2,), transformer="mixture", log_scale_bound=4.0)
+    with pytest.raises(ValueError, match="takes \\['n_components', 'log_scale_bound'\\]"):
+        coupling_flow(jr.key(0), (2,), transformer="mixture", n_bins=4)
     with pytest.raises(ValueError, match="no options"):
         coupling_flow(jr.key(0), (2,), transformer="additive", n_bins=4)
 

@@ -16,8 +16,7 @@ import pytest
 from numpyro import handlers
 from numpyro.infer import SVI, Trace_ELBO
 
-from numpyro_coupling import infer
-from numpyro_coupling.infer import (
+from numpyro_coupling import (
     AutoCouplingFlow,
     fit_guide,
     neutra_mcmc,
@@ -25,6 +24,8 @@ from numpyro_coupling.infer import (
     sampling_efficiency,
     temper_likelihood,
 )
+from numpyro_coupling import guide as guide_module
+from numpyro_coupling import svi as svi_module
 from numpyro_coupling.targets import eight_schools, funnel
 
 COV = jnp.array([[1.0, 0.9], [0.9, 1.0]])
@@ -52,9 +53,9 @@ def mixed_supports(y):
 
 
 def fit(model, guide, steps, lr, *args):
-    return fit_guide(
-        model, *args, guide=guide, svi_steps=steps, learning_rate=lr, progress_bar=False
-    )[1]
+    return fit_guide(model, *args, guide=guide, steps=steps, learning_rate=lr, progress_bar=False)[
+        1
+    ]
 
 
 def kl(model, guide, params, *args):
@@ -70,7 +71,7 @@ def test_fits_correlated_gaussian():
 
 
 def test_fits_banana_with_spline():
-    guide = AutoCouplingFlow(banana, transformer="spline", n_layers=4, n_bins=6)
+    guide = AutoCouplingFlow(banana, transformer="loc_scale_spline", n_layers=4, n_bins=6)
     params = fit(banana, guide, 2000, 5e-3)
     assert kl(banana, guide, params) < 0.08
 
@@ -82,7 +83,7 @@ def mixed_fit():
         mixed_supports,
         y,
         guide={"n_layers": 2, "nn_width": 8, "stl": False},
-        svi_steps=30,
+        steps=30,
         learning_rate=1e-2,
         progress_bar=False,
     )
@@ -126,7 +127,7 @@ def test_latent_dim_one_is_elementwise():
     def model():
         numpyro.sample("s", dist.Gamma(3.0, 2.0))
 
-    guide = AutoCouplingFlow(model, transformer="spline", n_layers=2)
+    guide = AutoCouplingFlow(model, transformer="loc_scale_spline", n_layers=2)
     params = fit(model, guide, 1500, 1e-2)
     assert guide.latent_dim == 1
     # The best Gaussian in log-space (AutoDiagonalNormal) has KL 0.027 here.
@@ -163,7 +164,7 @@ def test_bad_options_raise():
 def test_bit_masks_condition_every_coordinate_on_every_other(n_layers):
     from math import comb
 
-    from numpyro_coupling.infer import bit_masks
+    from numpyro_coupling import bit_masks
 
     def pairs_met(active):
         # Ordered pair (i, j) meets when some layer has i passive and j active.
@@ -208,11 +209,11 @@ def test_warm_start_is_the_rbig_fit(x64):
 
 def test_fit_guide_accepts_kwargs_and_instances():
     guide, _, losses = fit_guide(
-        gaussian_2d, guide={"n_layers": 1, "nn_width": 4}, svi_steps=5, progress_bar=False
+        gaussian_2d, guide={"n_layers": 1, "nn_width": 4}, steps=5, progress_bar=False
     )
     assert isinstance(guide, AutoCouplingFlow) and losses.shape == (5,)
     with pytest.raises(TypeError):
-        fit_guide(gaussian_2d, guide="spline", svi_steps=1, progress_bar=False)
+        fit_guide(gaussian_2d, guide="spline", steps=1, progress_bar=False)
 
 
 def test_fit_guide_averages_num_particles_per_step():
@@ -222,7 +223,7 @@ def test_fit_guide_averages_num_particles_per_step():
         _, _, losses = fit_guide(
             gaussian_2d,
             guide={"n_layers": 1, "nn_width": 4},
-            svi_steps=40,
+            steps=40,
             learning_rate=1e-8,
             average=None,
             num_particles=num_particles,
@@ -232,9 +233,9 @@ def test_fit_guide_averages_num_particles_per_step():
 
     assert loss_spread(64) < loss_spread(1) / 4
     with pytest.raises(ValueError, match="num_particles"):
-        fit_guide(gaussian_2d, svi_steps=1, num_particles=0, progress_bar=False)
+        fit_guide(gaussian_2d, steps=1, num_particles=0, progress_bar=False)
     with pytest.raises(ValueError, match="num_particles"):  # passed on by neutra_mcmc
-        neutra_mcmc(gaussian_2d, svi_steps=1, num_particles=0, progress_bar=False)
+        neutra_mcmc(gaussian_2d, fit_kwargs={"num_particles": 0}, progress_bar=False)
 
 
 def two_modes():
@@ -245,8 +246,8 @@ def two_modes():
 
 
 def test_tempering_keeps_both_modes():
-    guide = {"transformer": "spline", "n_layers": 2, "nn_width": 8}
-    kw = dict(guide=guide, svi_steps=1500, key=jr.key(1), progress_bar=False)
+    guide = {"transformer": "loc_scale_spline", "n_layers": 2, "nn_width": 8}
+    kw = dict(guide=guide, steps=1500, key=jr.key(1), progress_bar=False)
 
     def right_mode_share(temper):
         g, params, losses = fit_guide(two_modes, temper=temper, **kw)
@@ -279,7 +280,7 @@ def test_tempering_flattens_the_likelihood_not_the_prior():
     np.testing.assert_allclose(tempered["y"], 0.25 * plain["y"], rtol=1e-6)
     # A model without observed sites or factors has no likelihood to temper.
     with pytest.raises(ValueError, match="observed"):
-        fit_guide(funnel, temper=(0.5,), svi_steps=4, progress_bar=False)
+        fit_guide(funnel, temper=(0.5,), steps=4, progress_bar=False)
     with pytest.raises(ValueError, match="beta"):
         temper_likelihood(eight_schools, 0.0)
 
@@ -301,24 +302,28 @@ def test_tempered_phases_share_one_compiled_step(monkeypatch):
     )
     # Every phase runs the same compiled chunk of steps: one compilation for three
     # tempered phases and the final fit (chunks of one length, no progress bar).
-    runners, make_runner = [], infer._svi_chunk_runner
+    traces, make_runner = [], svi_module.chunk_runner
 
-    def keep(*args, **kwargs):
-        runners.append(make_runner(*args, **kwargs))
-        return runners[-1]
+    def counting(step, view):
+        def counted(*args):
+            traces[-1] += 1  # once per compilation of the chunk
+            return step(*args)
 
-    monkeypatch.setattr(infer, "_svi_chunk_runner", keep)
+        return make_runner(counted, view)
+
+    monkeypatch.setattr(svi_module, "chunk_runner", counting)
     # Without a bar each phase is one chunk; with one, chunks of 4000 // 50 = 80 steps would
     # leave a remainder of each 1000-step phase, so they are made 50 steps long.
     for steps, bar in ((40, False), (4000, True)):
+        traces.append(0)
         fit_guide(
             two_modes,
             guide={"n_layers": 1, "nn_width": 4},
-            svi_steps=steps,
+            steps=steps,
             temper=(0.1, 0.3, 0.6),
             progress_bar=bar,
         )
-        assert runners[-1]._cache_size() == 1
+        assert traces[-1] == 1
 
 
 def test_get_transform_is_one_pass_with_memo():
@@ -337,13 +342,13 @@ def test_get_transform_is_one_pass_with_memo():
 
 def test_flow_params_pack_small_leaves_into_one_vector():
     tree = {"a": jnp.ones((3, 4)), "b": [jnp.arange(2000.0).reshape(40, 50), jnp.zeros(5)]}
-    packed, unpack = infer._pack_leaves(tree, max_leaf=1024)
+    packed, unpack = guide_module._pack_leaves(tree, max_leaf=1024)
     # Small leaves (12 + 5 entries) share one vector; the large kernel stays an array.
     assert [p.shape for p in packed] == [(17,), (40, 50)]
     assert jax.tree.all(jax.tree.map(jnp.array_equal, unpack(packed), tree))
     # Only small leaves: the flat vector itself; only large leaves: no empty vector.
-    assert infer._pack_leaves(tree, max_leaf=10**6)[0].shape == (2017,)
-    only_large, unpack_large = infer._pack_leaves(tree, max_leaf=0)
+    assert guide_module._pack_leaves(tree, max_leaf=10**6)[0].shape == (2017,)
+    only_large, unpack_large = guide_module._pack_leaves(tree, max_leaf=0)
     assert len(only_large) == 3
     assert jax.tree.all(jax.tree.map(jnp.array_equal, unpack_large(only_large), tree))
     # A guide whose kernels exceed the limit keeps them as separate parameters.
@@ -355,10 +360,10 @@ def test_flow_params_pack_small_leaves_into_one_vector():
 
 _REPEAT_FIT = """
 import jax.random as jr
-from numpyro_coupling.infer import AutoCouplingFlow, fit_guide
+from numpyro_coupling import AutoCouplingFlow, fit_guide
 from numpyro_coupling.targets import eight_schools
 guide = AutoCouplingFlow(eight_schools, n_layers=2, nn_width=4)
-losses = fit_guide(eight_schools, guide=guide, svi_steps=20, key=jr.key(1), progress_bar=False)[2]
+losses = fit_guide(eight_schools, guide=guide, steps=20, key=jr.key(1), progress_bar=False)[2]
 print([float(x).hex() for x in losses])
 """
 
@@ -411,7 +416,7 @@ def test_memo_serves_the_traced_log_det_and_keeps_no_tracer():
 
 
 def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites():
-    from numpyro_coupling.infer import nuts_mcmc
+    from numpyro_coupling import nuts_mcmc
 
     def model():
         x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
@@ -421,9 +426,7 @@ def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites():
     _, neutra = neutra_mcmc(
         model,
         guide={"n_layers": 1, "nn_width": 4},
-        svi_steps=10,
-        schedule="constant",
-        clip_norm=None,
+        fit_kwargs={"steps": 10, "schedule": "constant", "clip_norm": None},
         **small,
     )
     _, plain = nuts_mcmc(model, **small)
@@ -438,7 +441,7 @@ def test_neutra_mcmc_passes_nuts_kwargs():
         _, idata = neutra_mcmc(
             gaussian_2d,
             guide={"n_layers": 1, "nn_width": 4},
-            svi_steps=20,
+            fit_kwargs={"steps": 20},
             num_warmup=200,
             num_samples=200,
             progress_bar=False,
@@ -459,15 +462,14 @@ def test_demo_quick(tmp_path):
     assert budgets(parser.parse_args(["--target-accept", "0.9"]))["nuts_kwargs"] == {
         "target_accept_prob": 0.9
     }
-    assert budgets(parser.parse_args(["--particles", "4"]))["num_particles"] == 4
+    assert budgets(parser.parse_args(["--particles", "4"]))["fit_kwargs"]["num_particles"] == 4
     with pytest.raises(SystemExit):  # not a probability
         parser.parse_args(["--target-accept", "1.5"])
     assert (tmp_path / "neutra_funnel.png").exists()
 
 
 def test_guide_conditioner_linear_path_reaches_only_the_log_scales():
-    from numpyro_coupling import MLP
-    from numpyro_coupling.infer import GuideConditioner
+    from numpyro_coupling import MLP, GuideConditioner
 
     net = MLP(jr.key(0), 3, 4 * 2, width=8)  # 4 active coordinates, [shift, log_scale] each
     cond = GuideConditioner(net, n_params=2, bound=5.0, scale_index=1, key=jr.key(1))
@@ -500,7 +502,7 @@ def test_guide_follows_the_funnel_scale_into_the_neck():
     def model():
         funnel(dim=3)
 
-    guide, params, _ = fit_guide(model, svi_steps=3000, progress_bar=False, key=jr.key(3))
+    guide, params, _ = fit_guide(model, steps=3000, progress_bar=False, key=jr.key(3))
     transform = guide.get_transform(params)
     # x_i ~ N(0, exp(v / 2)): the guide's conditional log-scale must follow v / 2 in the
     # bulk and, within 0.7, at z0 = -3.5 (v about -10), where SVI draws hardly ever land
@@ -513,7 +515,7 @@ def test_guide_follows_the_funnel_scale_into_the_neck():
 
 
 def test_guide_optimizer_decays_and_validates():
-    from numpyro_coupling.infer import guide_optimizer
+    from numpyro_coupling import guide_optimizer
 
     opt = guide_optimizer(0.1, 50, clip_norm=None)
     state = opt.init({"a": jnp.zeros(())})

@@ -37,7 +37,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from numpyro_coupling.transformers import Additive, Affine, MixtureGaussianCDF, RQSpline
+from numpyro_coupling.transformers import MixtureGaussianCDF, RQSpline
+
+from registry import TRANSFORMERS
 
 settings.register_profile(
     "ci",
@@ -56,12 +58,6 @@ settings.register_profile(
 )
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-TRANSFORMERS = {
-    "affine": Affine(),
-    "additive": Additive(),
-    "spline": RQSpline(n_bins=8, interval=4.0),
-    "mixture": MixtureGaussianCDF(n_components=5),
-}
 N_POINTS = 32  # inputs per example (fixed, so each evaluator compiles once)
 N_RAW = 24  # >= every transformer's n_params; each takes the first n_params entries
 C = 64.0

@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_moons
 
-from numpyro_coupling import MixtureGaussianCDF, MixtureGaussianCDFCoupling, io
+from numpyro_coupling import (
+    Elementwise,
+    MixtureGaussianCDF,
+    MixtureGaussianCDFCoupling,
+    Rotation,
+    io,
+)
 from numpyro_coupling.information import entropy, mutual_information, total_correlation
 from numpyro_coupling.rbig import (
-    MarginalGaussianization,
     RBIGFlow,
     RBIGLayers,
-    Rotation,
     fit_gaussian_mixture,
     fit_rbig,
     fit_rbig_coupling,
@@ -43,10 +47,10 @@ def test_em_fits_all_columns_at_once():
     assert float(weights[0, 0]) == pytest.approx(1e-3, rel=1e-3)
 
 
-def test_marginal_gaussianization_is_the_transformer_per_coordinate():
+def test_elementwise_is_the_transformer_per_coordinate():
     mix = MixtureGaussianCDF(3)
     params = jr.normal(jr.key(0), (4, mix.n_params))
-    layer = MarginalGaussianization((4,), mix, params)
+    layer = Elementwise((4,), mix, params)
     x = 2.0 * jr.normal(jr.key(1), (6, 4))
     z, log_det = jax.jit(layer.transform_and_log_det)(x)
     per_column = jax.jit(jax.vmap(mix.forward, in_axes=(1, 0), out_axes=1))
@@ -54,7 +58,7 @@ def test_marginal_gaussianization_is_the_transformer_per_coordinate():
     np.testing.assert_allclose(z, z_cols, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(log_det, log_det_cols.sum(1), rtol=1e-5)
     with pytest.raises(ValueError, match="params must have shape"):
-        MarginalGaussianization((4,), mix, params[:3])
+        Elementwise((4,), mix, params[:3])
 
 
 def test_rotation_is_fixed_and_checked():

@@ -146,8 +146,10 @@ def test_weight_decay_shrinks_the_parameters():
     assert np.linalg.norm(flat_params(decayed)) < 0.7 * np.linalg.norm(flat_params(plain))
 
 
-def test_ema_decay_returns_the_debiased_average_of_the_iterates():
-    X, decay, steps = banana(N), 0.6, 6
+def test_average_returns_the_debiased_average_of_the_iterates():
+    X, steps = banana(N), 6
+    average = 0.4  # a time constant of 2.4 steps
+    decay = 1 - 1 / (average * steps)
     # The iterates of the plain run, one step at a time (resume keeps the same schedule).
     state, iterates = None, []
     for stop in range(1, steps + 1):
@@ -158,16 +160,16 @@ def test_ema_decay_returns_the_debiased_average_of_the_iterates():
         iterates.append(flat_params(flow))
     weights = (1 - decay) * decay ** np.arange(steps - 1, -1, -1)
     expected = weights @ np.stack(iterates) / (1 - decay**steps)
-    averaged, _ = fit(small_flow(), X, key=jr.key(4), steps=steps, ema_decay=decay, **KW)
+    averaged, _ = fit(small_flow(), X, key=jr.key(4), steps=steps, average=average, **KW)
     np.testing.assert_allclose(flat_params(averaged), expected, rtol=0, atol=1e-6)
     assert np.abs(flat_params(averaged) - iterates[-1]).max() > 1e-4  # not the last iterate
 
 
 def test_bad_arguments_are_rejected():
     X = banana(N)
-    for bad in (0.0, 1.0):
-        with pytest.raises(ValueError, match="ema_decay"):
-            fit(small_flow(), X, key=jr.key(0), steps=10, ema_decay=bad, **KW)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="average"):
+            fit(small_flow(), X, key=jr.key(0), steps=10, average=bad, **KW)
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="weight_decay"):
             fit(small_flow(), X, key=jr.key(0), steps=10, weight_decay=bad, **KW)
