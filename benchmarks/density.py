@@ -36,8 +36,9 @@ from numpyro_coupling import (
     Flip,
     LULinear,
     RQSplineCoupling,
+    fit,
+    partition_flow,
 )
-from numpyro_coupling import fit, partition_flow
 
 #: Oracle test log-likelihoods: the expected log-density of the true data distributions.
 ORACLE = {"moons": -1.314, "spiral": -1.383}

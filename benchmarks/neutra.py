@@ -44,12 +44,6 @@ import numpyro.distributions as dist
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
 
-from numpyro_coupling.demo import (
-    DEFAULT_TARGET_ACCEPT,
-    comma_floats,
-    format_table,
-    probability,
-)
 from numpyro_coupling import (
     AutoCouplingFlow,
     SiteOrderedTraceELBO,
@@ -58,6 +52,12 @@ from numpyro_coupling import (
     neutra_nuts,
     nuts_mcmc,
     sampling_efficiency,
+)
+from numpyro_coupling.demo import (
+    DEFAULT_TARGET_ACCEPT,
+    comma_floats,
+    format_table,
+    probability,
 )
 from numpyro_coupling.targets import TARGETS
 

@@ -31,8 +31,9 @@ from numpyro_coupling import (
     Flip,
     HouseholderRotation,
     RQSplineCoupling,
+    fit,
+    partition_flow,
 )
-from numpyro_coupling import fit, partition_flow
 
 
 def spiral(n=3000, seed=0):

@@ -27,8 +27,7 @@ import optax
 from numpyro.infer import SVI, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoDelta
 
-from numpyro_coupling import coupling_flow
-from numpyro_coupling import flow_from_params, flow_module
+from numpyro_coupling import coupling_flow, flow_from_params, flow_module
 
 TRUE_W = np.array([2.0, -1.0])
 TRUE_B = np.array([0.5, 1.0])

@@ -27,9 +27,9 @@ from numpyro_coupling import (
     Flip,
     MixtureGaussianCDFCoupling,
     checkerboard_mask,
+    fit,
     half_mask,
 )
-from numpyro_coupling import fit
 
 
 def coupling(key):

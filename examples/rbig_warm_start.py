@@ -34,10 +34,10 @@ from numpyro_coupling import (
     Flip,
     HouseholderRotation,
     MixtureGaussianCDFCoupling,
+    fit,
 )
 from numpyro_coupling.plot import final_kernel_magnitudes, plot_kernel_magnitudes, plot_losses
 from numpyro_coupling.rbig import fit_rbig, fit_rbig_coupling
-from numpyro_coupling import fit
 
 
 def moons(n, seed, stats=None):
