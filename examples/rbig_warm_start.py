@@ -35,7 +35,8 @@ from numpyro_coupling import (
     HouseholderRotation,
     MixtureGaussianCDFCoupling,
 )
-from numpyro_coupling.plot import final_kernel_magnitudes, plot_kernel_magnitudes, plot_losses
+from numpyro_coupling.inspection import final_kernel_magnitudes
+from numpyro_coupling.plot import plot_kernel_magnitudes, plot_losses
 from numpyro_coupling.rbig import fit_rbig, fit_rbig_coupling
 from numpyro_coupling.train import fit
 
