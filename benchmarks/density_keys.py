@@ -53,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.keys, args.data, args.recipes = 40, [0], ["moons"], ["seed"]
+        args.steps, args.keys, args.data, args.recipes = 40, [0], ["moons"], ["baseline"]
     else:
         jax.config.update("jax_enable_x64", True)
     lines = [

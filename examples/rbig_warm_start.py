@@ -36,7 +36,8 @@ from numpyro_coupling import (
     MixtureGaussianCDFCoupling,
     fit,
 )
-from numpyro_coupling.plot import final_kernel_magnitudes, plot_kernel_magnitudes, plot_losses
+from numpyro_coupling.inspection import final_kernel_magnitudes
+from numpyro_coupling.plot import plot_kernel_magnitudes, plot_losses
 from numpyro_coupling.rbig import fit_rbig, fit_rbig_coupling
 
 

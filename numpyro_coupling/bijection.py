@@ -87,7 +87,7 @@ class Bijection(Transform):
         """Map ``y: (*batch, *shape)`` back to ``(x, log_det)`` (log-det of the inverse)."""
         raise NotImplementedError
 
-    # --- seed-style convenience names ---------------------------------------------
+    # --- the map or its inverse alone ---------------------------------------------
     @one_program
     def transform(self, x):
         """Forward map ``(*batch, *shape) -> (*batch, *shape)``."""

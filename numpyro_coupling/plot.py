@@ -21,9 +21,9 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
+from .inspection import final_kernel_magnitudes, layer_masks
+
 __all__ = [
-    "final_kernel_magnitudes",
-    "layer_masks",
     "plot_density",
     "plot_kernel_magnitudes",
     "plot_latent_marginals",
@@ -37,6 +37,7 @@ __all__ = [
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 PASSIVE_COLOR, ACTIVE_COLOR = PALETTE[0], PALETTE[1]
 _REFERENCE_KW = {"color": "black", "lw": 1.4, "ls": "--"}
+_PAIR_COLORS = PALETTE[:2]  # the "before" and "after" sets of a pair plot
 
 
 # --- shared helpers -----------------------------------------------------------------
@@ -144,20 +145,8 @@ def plot_density(
             raise ValueError(
                 f"plot_density draws 2-D densities; data must be (n, 2), got {data.shape}"
             )
-    if bounds is None:
-        if data is None:
-            bounds = ((-3.0, 3.0), (-3.0, 3.0))
-        else:
-            lo, hi = data.min(0), data.max(0)
-            pad = 0.15 * (hi - lo)
-            bounds = tuple(zip(lo - pad, hi + pad))
-    bounds = np.asarray(bounds, dtype=float)
-    if bounds.shape != (2, 2):
-        raise ValueError(f"bounds must be ((x_min, x_max), (y_min, y_max)), got {bounds.tolist()}")
-    gx, gy = np.meshgrid(np.linspace(*bounds[0], n_grid), np.linspace(*bounds[1], n_grid))
-    grid = jnp.asarray(np.column_stack([gx.ravel(), gy.ravel()]), dtype=jnp.zeros(()).dtype)
-    density = np.exp(np.asarray(_log_prob(flow, grid), dtype=float)).reshape(gx.shape)
-    density = np.where(np.isfinite(density), density, 0.0)
+    bounds = _density_bounds(bounds, data)
+    gx, gy, density = _density_on_grid(flow, bounds, n_grid)
 
     ax = _axes(ax, (4.6, 4.2))
     filled = ax.contourf(gx, gy, density, levels=levels, cmap=cmap)
@@ -172,6 +161,29 @@ def plot_density(
     if title is not None:
         ax.set_title(title)
     return _style(ax, grid=False)
+
+
+def _density_bounds(bounds, data) -> np.ndarray:
+    """``(2, 2)`` plot bounds: as given, else the data's range padded by 15%, else ``[-3, 3]``."""
+    if bounds is None:
+        if data is None:
+            bounds = ((-3.0, 3.0), (-3.0, 3.0))
+        else:
+            lo, hi = data.min(0), data.max(0)
+            pad = 0.15 * (hi - lo)
+            bounds = tuple(zip(lo - pad, hi + pad))
+    bounds = np.asarray(bounds, dtype=float)
+    if bounds.shape != (2, 2):
+        raise ValueError(f"bounds must be ((x_min, x_max), (y_min, y_max)), got {bounds.tolist()}")
+    return bounds
+
+
+def _density_on_grid(flow, bounds: np.ndarray, n_grid: int):
+    """``(gx, gy, density)``, each ``(n_grid, n_grid)``; non-finite densities read as 0."""
+    gx, gy = np.meshgrid(np.linspace(*bounds[0], n_grid), np.linspace(*bounds[1], n_grid))
+    grid = jnp.asarray(np.column_stack([gx.ravel(), gy.ravel()]), dtype=jnp.zeros(()).dtype)
+    density = np.exp(np.asarray(_log_prob(flow, grid), dtype=float)).reshape(gx.shape)
+    return gx, gy, np.where(np.isfinite(density), density, 0.0)
 
 
 def plot_latent_marginals(
@@ -364,63 +376,6 @@ def plot_tc_trace(
 
 
 # --- conditioner diagnostics ------------------------------------------------------------
-def _walk(obj):
-    """Yield the leaf bijections of a flow / Chain / NumPyro transform, data-to-latent order."""
-    if hasattr(obj, "conditioner"):
-        yield obj
-    elif hasattr(obj, "bijection"):  # CouplingFlow and similar wrappers
-        yield from _walk(obj.bijection)
-    elif hasattr(obj, "bijections"):  # Chain
-        for b in obj.bijections:
-            yield from _walk(b)
-    elif hasattr(obj, "parts"):  # numpyro ComposeTransform
-        for b in obj.parts:
-            yield from _walk(b)
-    elif hasattr(obj, "transforms"):  # a plain numpyro TransformedDistribution
-        for b in obj.transforms:
-            yield from _walk(b)
-    else:
-        yield obj
-
-
-def final_kernel_magnitudes(flow) -> np.ndarray:
-    """``max |W|`` of the final conditioner kernel of each coupling layer, in order.
-
-    Zero means the coupling's conditioner is switched off: the layer is a fixed
-    elementwise (diagonal) map, as under the zero-kernel warm start.
-
-    Args:
-        flow: a :class:`~numpyro_coupling.CouplingFlow`, a
-            :class:`~numpyro_coupling.Chain` or a single coupling layer.
-
-    Returns:
-        ``(n_couplings,)`` array.
-
-    Raises:
-        ValueError: the flow holds no coupling layer.
-
-    Example:
-        >>> import jax.random as jr
-        >>> from numpyro_coupling import coupling_flow
-        >>> final_kernel_magnitudes(coupling_flow(jr.key(0), (2,), n_layers=3)).tolist()
-        [0.0, 0.0, 0.0]
-    """
-    mags = []
-    for layer in _walk(flow):
-        cond = getattr(layer, "conditioner", None)
-        if cond is None:
-            continue
-        kernel = getattr(cond, "final_kernel", None)
-        if kernel is None:
-            kernel = cond.weights[-1]
-        mags.append(float(np.max(np.abs(np.asarray(kernel)))))
-    if not mags:
-        raise ValueError(
-            f"no coupling layer (an object with a .conditioner) in {type(flow).__name__}"
-        )
-    return np.asarray(mags)
-
-
 def plot_kernel_magnitudes(
     flows,
     *,
@@ -435,7 +390,8 @@ def plot_kernel_magnitudes(
 
     Args:
         flows: one flow, a sequence of flows, or a dict ``label -> flow``; each is walked
-            for coupling layers as in :func:`final_kernel_magnitudes`.
+            for coupling layers as in
+            :func:`~numpyro_coupling.inspection.final_kernel_magnitudes`.
         ax: Axes to draw on (default: a new figure).
         labels: legend labels for a sequence of flows.
         title: Axes title.
@@ -483,63 +439,15 @@ def plot_kernel_magnitudes(
 
 
 # --- masks ------------------------------------------------------------------------------
-def layer_masks(flow) -> tuple[np.ndarray, bool]:
-    """The active set of every coupling of a flow, one row per coupling.
-
-    Permutations between couplings (``Flip``, ``Permute``) are tracked, so each row is
-    indexed by the *data* coordinates. Layers that mix coordinates (rotations, LU) end
-    the tracking: rows are then indexed by each coupling's own input coordinates.
-
-    Args:
-        flow: a flow, a :class:`~numpyro_coupling.Chain`, or a coupling layer.
-
-    Returns:
-        ``(masks, in_data_coordinates)``: a boolean ``(n_couplings, d)`` array (``True``
-        = active) and whether the columns are data coordinates.
-
-    Raises:
-        ValueError: the flow holds no coupling layer.
-
-    Example:
-        >>> import jax.random as jr
-        >>> from numpyro_coupling import coupling_flow
-        >>> masks, tracked = layer_masks(coupling_flow(jr.key(0), (4,), n_layers=2))
-        >>> masks.astype(int).tolist(), tracked
-        ([[0, 0, 1, 1], [1, 1, 0, 0]], True)
-    """
-    from .linear import ActNorm1D, Permute
-
-    rows, origin, tracked = [], None, True
-    for layer in _walk(flow):
-        if hasattr(layer, "conditioner"):
-            mask = np.asarray(layer.mask).reshape(-1)
-            if origin is None:
-                origin = np.arange(mask.size)
-            row = np.zeros(mask.size, bool)
-            if tracked:
-                row[origin] = mask  # current coordinate i is data coordinate origin[i]
-            else:
-                row = mask
-            rows.append(row)
-        elif isinstance(layer, Permute):
-            if origin is None:
-                origin = np.arange(len(layer.permutation))
-            origin = origin[np.asarray(layer.permutation)]
-        elif not isinstance(layer, ActNorm1D):
-            tracked = False  # a mixing layer: data coordinates are no longer separable
-    if not rows:
-        raise ValueError(f"no coupling layer (an object with a .mask) in {type(flow).__name__}")
-    return np.stack(rows), tracked
-
-
 def plot_mask(mask, *, ax=None, title: str | None = None, legend: bool = True):
     """Passive/active picture of a coupling mask.
 
     Args:
         mask: a boolean array (``True`` = active): 1-D for a vector event, 2-D for an
             image event or for a stack of vector masks (rows = layers); a coupling layer
-            (its ``.mask``); or a whole flow, drawn as :func:`layer_masks` (rows =
-            coupling layers, columns = coordinates).
+            (its ``.mask``); or a whole flow, drawn as
+            :func:`~numpyro_coupling.inspection.layer_masks` (rows = coupling layers,
+            columns = coordinates).
         ax: Axes to draw on (default: a new figure).
         title: Axes title.
         legend: add the passive/active legend.
@@ -556,6 +464,27 @@ def plot_mask(mask, *, ax=None, title: str | None = None, legend: bool = True):
         >>> ax.images[0].get_array().shape
         (4, 4)
     """
+    m, xlabel, ylabel = _mask_and_labels(mask)
+    image = m.reshape(1, -1) if m.ndim == 1 else m
+    n_rows, n_cols = image.shape
+    if ax is None:
+        figsize = (min(0.45 * n_cols + 1.5, 9.0), min(0.45 * n_rows + 1.5, 7.0))
+        ax = _axes(None, (max(figsize[0], 3.0), max(figsize[1], 2.0)))
+    _draw_mask_cells(ax, image, vector=m.ndim == 1)
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    if legend:
+        _mask_legend(ax)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return ax
+
+
+def _mask_and_labels(mask) -> tuple[np.ndarray, str, str | None]:
+    """A mask, coupling layer or flow as a 1-D/2-D boolean array, with its axis labels."""
     xlabel, ylabel = "coordinate", None
     if hasattr(mask, "bijection") or hasattr(mask, "bijections"):
         mask, tracked = layer_masks(mask)
@@ -566,11 +495,14 @@ def plot_mask(mask, *, ax=None, title: str | None = None, legend: bool = True):
     m = np.asarray(mask).astype(bool)
     if m.ndim == 0 or m.ndim > 2:
         raise ValueError(f"plot_mask draws 1-D or 2-D masks, got shape {m.shape}")
-    image = m.reshape(1, -1) if m.ndim == 1 else m
+    if m.ndim == 2 and ylabel is None and m.shape[0] > 1:
+        xlabel, ylabel = "column", "row"
+    return m, xlabel, ylabel
+
+
+def _draw_mask_cells(ax, image: np.ndarray, vector: bool):
+    """Draw a 2-D boolean ``image`` as passive/active cells; ``vector``: one row, no y ticks."""
     n_rows, n_cols = image.shape
-    if ax is None:
-        figsize = (min(0.45 * n_cols + 1.5, 9.0), min(0.45 * n_rows + 1.5, 7.0))
-        ax = _axes(None, (max(figsize[0], 3.0), max(figsize[1], 2.0)))
     cmap = ListedColormap([PASSIVE_COLOR, ACTIVE_COLOR])
     ax.imshow(image.astype(int), cmap=cmap, vmin=0, vmax=1, aspect="equal")
     # white cell borders make single coordinates countable
@@ -580,32 +512,24 @@ def plot_mask(mask, *, ax=None, title: str | None = None, legend: bool = True):
     ax.tick_params(which="minor", length=0)
     if n_cols <= 16:
         ax.set_xticks(np.arange(n_cols))
-    if m.ndim == 1:
+    if vector:
         ax.set_yticks([])
     elif n_rows <= 16:
         ax.set_yticks(np.arange(n_rows))
-    if m.ndim == 2 and ylabel is None and n_rows > 1:
-        xlabel, ylabel = "column", "row"
-    ax.set_xlabel(xlabel)
-    if ylabel is not None:
-        ax.set_ylabel(ylabel)
-    if title is not None:
-        ax.set_title(title)
-    if legend:
-        handles = [
-            Patch(color=PASSIVE_COLOR, label="passive (context)"),
-            Patch(color=ACTIVE_COLOR, label="active (transformed)"),
-        ]
-        ax.legend(
-            handles=handles,
-            loc="center left",
-            bbox_to_anchor=(1.02, 0.5),
-            frameon=False,
-            fontsize=8,
-        )
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    return ax
+
+
+def _mask_legend(ax):
+    handles = [
+        Patch(color=PASSIVE_COLOR, label="passive (context)"),
+        Patch(color=ACTIVE_COLOR, label="active (transformed)"),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.02, 0.5),
+        frameon=False,
+        fontsize=8,
+    )
 
 
 # --- posterior samples -----------------------------------------------------------------
@@ -686,27 +610,10 @@ def plot_pairs(
     sets = [_columns(samples_before)]
     if samples_after is not None:
         sets.append(_columns(samples_after))
-    names = list(sets[0])
-    if coords is None:
-        chosen = names[:max_coords]
-    else:
-        chosen = [names[c] if isinstance(c, (int, np.integer)) else c for c in coords]
-    missing = [c for c in chosen if any(c not in s for s in sets)]
-    if missing:
-        raise ValueError(f"coordinates {missing} not in every sample set; available: {names}")
-    if len(chosen) < 2:
-        raise ValueError(f"a pair plot needs at least two coordinates, got {chosen}")
-    colors = [PALETTE[0], PALETTE[1]]
+    chosen = _chosen_coordinates(sets, coords, max_coords)
     draws = [{c: _subsample(s[c], max_points) for c in chosen} for s in sets]
-
     if ax is not None and not isinstance(ax, (np.ndarray, list, tuple)):
-        cx, cy = chosen[:2]
-        for i, d in enumerate(draws):
-            ax.scatter(d[cx], d[cy], s=4, alpha=0.4, color=colors[i], label=labels[i], lw=0)
-        ax.set(xlabel=cx, ylabel=cy)
-        if len(draws) > 1:
-            ax.legend(frameon=False, markerscale=3)
-        return _style(ax)
+        return _scatter_first_pair(ax, draws, chosen, labels)
 
     limits = {c: _plot_range([s[c] for s in sets]) for c in chosen}
     k = len(chosen)
@@ -720,42 +627,79 @@ def plot_pairs(
             )
     for r in range(k):
         for c in range(k):
-            a = axes[r, c]
             if c > r:
-                a.set_visible(False)
-                continue
-            if r == c:
-                edges = np.linspace(*limits[chosen[r]], bins + 1)
-                for i, s in enumerate(sets):
-                    a.hist(
-                        s[chosen[r]],
-                        bins=edges,
-                        density=True,
-                        histtype="step",
-                        lw=1.5,
-                        color=colors[i],
-                    )
-                a.set_yticks([])
+                axes[r, c].set_visible(False)
+            elif r == c:
+                _draw_marginal(axes[r, c], [s[chosen[r]] for s in sets], limits[chosen[r]], bins)
             else:
-                for i, d in enumerate(draws):
-                    a.scatter(d[chosen[c]], d[chosen[r]], s=3, alpha=0.35, color=colors[i], lw=0)
-            _style(a, grid=False)
-            if r == k - 1:
-                a.set_xlabel(chosen[c])
-            else:
-                a.tick_params(labelbottom=False)
-            if c == 0 and r > 0:
-                a.set_ylabel(chosen[r])
-            elif c > 0:
-                a.tick_params(labelleft=False)
-    # one range per coordinate, shared by its column and its row, so panels line up
+                _draw_pair(axes[r, c], [(d[chosen[c]], d[chosen[r]]) for d in draws])
+            if c <= r:
+                _label_corner_panel(axes[r, c], r, c, chosen)
+    _share_corner_limits(axes, chosen, limits)
+    if len(sets) > 1:
+        handles = [Patch(color=_PAIR_COLORS[i], label=labels[i]) for i in range(len(sets))]
+        axes[0, 0].figure.legend(handles=handles, loc="upper right", frameon=False)
+    return axes
+
+
+def _chosen_coordinates(sets, coords, max_coords: int) -> list[str]:
+    """Names of the shown coordinates, checked against every sample set."""
+    names = list(sets[0])
+    if coords is None:
+        chosen = names[:max_coords]
+    else:
+        chosen = [names[c] if isinstance(c, (int, np.integer)) else c for c in coords]
+    missing = [c for c in chosen if any(c not in s for s in sets)]
+    if missing:
+        raise ValueError(f"coordinates {missing} not in every sample set; available: {names}")
+    if len(chosen) < 2:
+        raise ValueError(f"a pair plot needs at least two coordinates, got {chosen}")
+    return chosen
+
+
+def _scatter_first_pair(ax, draws, chosen, labels):
+    """The single-Axes pair plot: a scatter of the first two coordinates of each set."""
+    cx, cy = chosen[:2]
+    for i, d in enumerate(draws):
+        ax.scatter(d[cx], d[cy], s=4, alpha=0.4, color=_PAIR_COLORS[i], label=labels[i], lw=0)
+    ax.set(xlabel=cx, ylabel=cy)
+    if len(draws) > 1:
+        ax.legend(frameon=False, markerscale=3)
+    return _style(ax)
+
+
+def _draw_marginal(ax, columns, limits, bins: int):
+    """Diagonal panel: step histograms of one coordinate, one per sample set."""
+    edges = np.linspace(*limits, bins + 1)
+    for i, column in enumerate(columns):
+        ax.hist(column, bins=edges, density=True, histtype="step", lw=1.5, color=_PAIR_COLORS[i])
+    ax.set_yticks([])
+
+
+def _draw_pair(ax, pairs):
+    """Lower panel: a scatter of ``(x, y)`` draws, one pair of columns per sample set."""
+    for i, (x, y) in enumerate(pairs):
+        ax.scatter(x, y, s=3, alpha=0.35, color=_PAIR_COLORS[i], lw=0)
+
+
+def _label_corner_panel(ax, r: int, c: int, chosen):
+    """Labels on the outer panels of the corner only; inner panels hide their tick labels."""
+    _style(ax, grid=False)
+    if r == len(chosen) - 1:
+        ax.set_xlabel(chosen[c])
+    else:
+        ax.tick_params(labelbottom=False)
+    if c == 0 and r > 0:
+        ax.set_ylabel(chosen[r])
+    elif c > 0:
+        ax.tick_params(labelleft=False)
+
+
+def _share_corner_limits(axes, chosen, limits):
+    """One range per coordinate, shared by its column and its row, so panels line up."""
     for j, name in enumerate(chosen):
         lo, hi = limits[name]
-        for r in range(j, k):
+        for r in range(j, len(chosen)):
             axes[r, j].set_xlim(lo, hi)
         for c in range(j):
             axes[j, c].set_ylim(lo, hi)
-    if len(sets) > 1:
-        handles = [Patch(color=colors[i], label=labels[i]) for i in range(len(sets))]
-        axes[0, 0].figure.legend(handles=handles, loc="upper right", frameon=False)
-    return axes

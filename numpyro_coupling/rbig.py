@@ -657,7 +657,7 @@ def fit_rbig_coupling(
 
     Example:
         >>> import jax.random as jr
-        >>> from numpyro_coupling.plot import final_kernel_magnitudes
+        >>> from numpyro_coupling.inspection import final_kernel_magnitudes
         >>> X = jr.normal(jr.key(0), (400, 3))
         >>> warm = fit_rbig_coupling(X, jr.key(1), n_layers=2, n_components=2, nn_width=8,
         ...                          em_steps=10, progress_bar=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import numpyro_coupling as nc
+from numpyro_coupling import rbig, train
 from numpyro_coupling.transformers import Affine, MixtureGaussianCDF, RQSpline
 
 KEY = jr.key(0)
@@ -145,7 +146,6 @@ def _data_with_nan():
 
 
 def test_fit_rejects_nan_data(flow):
-    train = pytest.importorskip("numpyro_coupling.train")
     with pytest.raises(ValueError, match=r"1 NaN and 1 infinite values \(in 2 of 64 rows\)"):
         train.fit(flow, _data_with_nan(), key=KEY, steps=2, progress_bar=False)
     X = np.zeros((64, 4))
@@ -160,7 +160,6 @@ def test_fit_rejects_nan_data(flow):
 
 
 def test_fit_rbig_rejects_nan_data():
-    rbig = pytest.importorskip("numpyro_coupling.rbig")
     with pytest.raises(ValueError, match=r"NaN or inf \(first at row 3, column 1\)"):
         rbig.fit_rbig(_data_with_nan(), progress_bar=False)
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -168,7 +167,6 @@ def test_fit_rbig_rejects_nan_data():
 
 
 def test_rbig_constant_columns():
-    rbig = pytest.importorskip("numpyro_coupling.rbig")
     X = np.random.default_rng(0).normal(size=(200, 3))
     X[:, 1] = 2.0
     for fit in (rbig.fit_rbig, rbig.fit_rbig_coupling):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import numpyro_coupling as nc
+from numpyro_coupling import rbig, train
 
 TRANSFORMERS = ("affine", "additive", "spline", "mixture")
 
@@ -60,7 +61,6 @@ def test_same_key_same_flow_samples_and_log_probs(transformer):
 
 
 def test_same_key_same_fit():
-    train = pytest.importorskip("numpyro_coupling.train")
     X = jr.normal(jr.key(0), (128, 2)) * jnp.array([1.0, 0.5])
     kw = dict(key=jr.key(1), steps=60, batch_size=32, chunk_size=30, progress_bar=False)
     flow = nc.coupling_flow(jr.key(2), (2,), transformer="spline", n_layers=2, nn_width=8)
@@ -73,7 +73,6 @@ def test_same_key_same_fit():
 
 
 def test_same_key_same_rbig_fit():
-    rbig = pytest.importorskip("numpyro_coupling.rbig")
     X = np.random.default_rng(0).normal(size=(200, 3)) ** 3
     kw = dict(n_layers=2, n_components=3, rotation="random", em_steps=10, progress_bar=False)
     a = rbig.fit_rbig(X, jr.key(4), **kw)

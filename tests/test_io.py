@@ -11,6 +11,7 @@ import optax
 import pytest
 
 import numpyro_coupling as nc
+from numpyro_coupling import train
 from numpyro_coupling.io import FORMAT_VERSION, IncompatibleFormatError, load, metadata, save
 
 from registry import REGISTRY, build, randomize
@@ -180,7 +181,6 @@ def test_expected_type_and_traced_save(tmp_path):
 
 
 def test_resumed_fit_equals_uninterrupted_fit(tmp_path):
-    train = pytest.importorskip("numpyro_coupling.train")
     x = jr.normal(jr.key(0), (256, 2))
     flow = nc.coupling_flow(jr.key(2), (2,), transformer="affine", n_layers=2, nn_width=8)
     kwargs = dict(key=jr.key(1), steps=200, batch_size=64, chunk_size=50, progress_bar=False)

@@ -67,7 +67,28 @@ def test_rotation_is_fixed_and_checked():
     assert not jax.tree_util.tree_leaves(eqx.filter(rot, eqx.is_inexact_array))
     x = jnp.arange(6.0).reshape(2, 3)
     np.testing.assert_allclose(rot.transform(x), np.asarray(x) @ q.T, rtol=1e-6)
-    assert hash(rot.tree_flatten()[1][1]["frozen_matrix"]) is not None
+
+    # The matrix is static pytree data: an equal matrix is equal, hashes equal and reuses
+    # the compiled program; a different one compares unequal and compiles anew.
+    def frozen(r):
+        return r.tree_flatten()[1][1]["frozen_matrix"]
+
+    same, other = Rotation(q.copy()), Rotation(q[:, ::-1])
+    assert frozen(same) == frozen(rot) and hash(frozen(same)) == hash(frozen(rot))
+    assert {frozen(rot): "rot"}[frozen(same)] == "rot"
+    assert frozen(other) != frozen(rot) and frozen(rot) != frozen(rot).array
+    traces = []
+
+    @jax.jit
+    def apply(r, x):
+        traces.append(None)
+        return r.transform(x)
+
+    apply(rot, x)
+    apply(same, x)
+    assert len(traces) == 1
+    np.testing.assert_allclose(apply(other, x), np.asarray(x) @ q[:, ::-1].T, rtol=1e-6)
+    assert len(traces) == 2
     with pytest.raises(ValueError, match="not orthogonal"):
         Rotation(2 * q)
     with pytest.raises(ValueError, match="square"):
