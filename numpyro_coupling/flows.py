@@ -8,6 +8,7 @@ wraps its stack in a :class:`CouplingFlow` (a density model), and
 from __future__ import annotations
 
 import math
+import warnings
 
 import equinox as eqx
 import jax
@@ -140,15 +141,60 @@ class CouplingFlow(TransformedDistribution):
         # A transformed base_dist has its transforms merged in front of this one.
         return self.transforms[-1].inv
 
-    @one_program
     def log_prob(self, value, intermediates=None):
+        """Log-density of ``value``: ``base.log_prob(z) + log|det dz/dx|``, ``z = bijection(x)``.
+
+        Under ``validate_args`` (NumPyro's default) values outside the support (NaN or
+        infinite entries) get log-density ``-inf`` and, called eagerly, raise NumPyro's
+        out-of-support warning, as for any NumPyro distribution.
+
+        Args:
+            value: ``(*batch, *event)`` points.
+            intermediates: NumPyro's sampling intermediates (then NumPyro's own route).
+
+        Returns:
+            ``(*batch,)`` log-densities.
+
+        Example:
+            >>> import warnings, jax.numpy as jnp, jax.random as jr
+            >>> from numpyro_coupling import coupling_flow
+            >>> flow = coupling_flow(jr.key(0), (2,), transformer="affine", n_layers=1)
+            >>> checked = CouplingFlow(flow.bijection, validate_args=True)
+            >>> with warnings.catch_warnings(record=True) as caught:
+            ...     warnings.simplefilter("always")
+            ...     log_p = checked.log_prob(jnp.array([[0.0, 0.0], [jnp.nan, 0.0]]))
+            >>> log_p.tolist()[1], "Out-of-support" in str(caught[0].message)
+            (-inf, True)
+        """
+        # An empty batch has nothing to check (NumPyro's support mask cannot reshape it).
+        check = bool(self._validate_args) and jnp.size(value) > 0
+        log_p, in_support = self._log_prob_in_support(value, intermediates, check)
+        # The mask is computed inside the compiled program; only the warning is eager
+        # (a traced call cannot warn, its out-of-support values just get -inf).
+        if check and not isinstance(in_support, jax.core.Tracer):
+            if not jax.device_get(in_support).all():
+                warnings.warn(
+                    "Out-of-support values provided to log prob method. "
+                    "The value argument should be within the support.",
+                    stacklevel=2,
+                )
+        return log_p
+
+    @one_program
+    def _log_prob_in_support(self, value, intermediates, check):
+        """``(log_prob, support mask or None)`` as one program: the one-pass density."""
         if intermediates is not None:
-            return super().log_prob(value, intermediates)
-        z, log_det = self.bijection.transform_and_log_det(value)
-        latent = self.base_dist
-        if len(self.transforms) > 1:  # the base's own transforms: NumPyro's route
-            latent = TransformedDistribution(self.base_dist, self.transforms[:-1])
-        return latent.log_prob(z) + log_det
+            log_p = TransformedDistribution.log_prob(self, value, intermediates)
+        else:
+            z, log_det = self.bijection.transform_and_log_det(value)
+            latent = self.base_dist
+            if len(self.transforms) > 1:  # the base's own transforms: NumPyro's route
+                latent = TransformedDistribution(self.base_dist, self.transforms[:-1])
+            log_p = latent.log_prob(z) + log_det
+        if not check:
+            return log_p, None
+        in_support = self._validate_sample(value)  # traced here: the mask, no warning
+        return jnp.where(in_support, log_p, -jnp.inf), in_support
 
     def log_prob_two_pass(self, value):
         """NumPyro's default ``TransformedDistribution.log_prob`` (for comparison only)."""

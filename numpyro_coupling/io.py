@@ -29,6 +29,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import jax
@@ -48,6 +49,9 @@ _META, _SKELETON, _ARRAYS = "meta.json", "skeleton.pkl", "arrays.npz"
 _PICKLE_PROTOCOL = 4
 # A fixed timestamp for every archive member, so equal objects give equal files.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# What reading a damaged or truncated archive raises (bad headers, CRC mismatch, broken
+# deflate stream, seeks past the end, garbage in the compression-method field).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError)
 
 
 class IncompatibleFormatError(ValueError):
@@ -177,6 +181,7 @@ def save(path, obj) -> Path:
         The path written.
 
     Raises:
+        IsADirectoryError: ``path`` is an existing directory (name a file inside it).
         TypeError: ``obj`` holds traced values (``save`` was called under a JAX transform).
 
     Example:
@@ -189,6 +194,11 @@ def save(path, obj) -> Path:
         True
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"path {str(path)!r} is a directory: save needs a file name, "
+            f"e.g. {str(path / 'flow.ncf')!r}"
+        )
     leaves, treedef = jax.tree_util.tree_flatten(obj)
     records, arrays, skeleton_leaves = [], [], []
     for leaf in leaves:
@@ -226,20 +236,36 @@ def save(path, obj) -> Path:
     return path
 
 
-def _open(path) -> zipfile.ZipFile:
+def _read(path, names) -> dict:
+    """The bytes of the archive members ``names`` of the file at ``path``, checked.
+
+    Every member is read in full, so a damaged file (a flipped byte, a truncated copy)
+    fails here, on its CRC or its zip structure, with an :class:`IncompatibleFormatError`.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"path {str(path)!r} is a directory, not a {FORMAT_NAME} file")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     if not zipfile.is_zipfile(path):
-        raise IncompatibleFormatError(f"{path} is not a {FORMAT_NAME} file (not a zip archive)")
-    archive = zipfile.ZipFile(path)
-    missing = {_META, _SKELETON, _ARRAYS} - set(archive.namelist())
-    if missing:
-        archive.close()
         raise IncompatibleFormatError(
-            f"{path} is not a {FORMAT_NAME} file (missing {', '.join(sorted(missing))})"
+            f"{path} is not a {FORMAT_NAME} file (not a zip archive, or a truncated one)"
         )
-    return archive
+    # Opened first, so that the errors caught below can only come from the bytes in it.
+    with open(path, "rb") as f:
+        try:
+            with zipfile.ZipFile(f) as archive:
+                missing = {_META, _SKELETON, _ARRAYS} - set(archive.namelist())
+                if missing:
+                    raise IncompatibleFormatError(
+                        f"{path} is not a {FORMAT_NAME} file (missing {', '.join(sorted(missing))})"
+                    )
+                return {name: archive.read(name) for name in names}
+        except _DAMAGED as err:
+            raise IncompatibleFormatError(
+                f"{path} is not a valid, complete {FORMAT_NAME} archive (damaged or "
+                f"truncated: {type(err).__name__}: {err})"
+            ) from err
 
 
 def _check_meta(path, meta) -> dict:
@@ -261,14 +287,31 @@ def metadata(path) -> dict:
 
     Reads no pickle, so it is safe on untrusted files.
 
+    Args:
+        path: the file.
+
+    Returns:
+        The metadata dict (``format``, ``format_version``, ``versions``, ``object_type``,
+        ``arrays``).
+
     Raises:
-        IncompatibleFormatError: not a file written by :func:`save`, or an unknown version.
+        IncompatibleFormatError: not a file written by :func:`save`, a damaged or
+            truncated one, or an unknown format version.
+        FileNotFoundError: no file at ``path``.
+        IsADirectoryError: ``path`` is a directory.
+
+    Example:
+        >>> import os, tempfile, jax.numpy as jnp
+        >>> from numpyro_coupling.io import metadata, save
+        >>> path = save(os.path.join(tempfile.mkdtemp(), "params.ncf"), {"w": jnp.ones(3)})
+        >>> metadata(path)["arrays"][0]["shape"]
+        [3]
     """
-    with _open(path) as archive:
-        try:
-            meta = json.loads(archive.read(_META))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise IncompatibleFormatError(f"{path} has an unreadable {_META}") from err
+    raw = _read(path, [_META])[_META]
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IncompatibleFormatError(f"{path} has an unreadable {_META}") from err
     return _check_meta(path, meta)
 
 
@@ -284,21 +327,26 @@ def load(path, expected_type: type | None = None):
         The object, with arrays bitwise equal to (and of the same dtypes as) those saved.
 
     Raises:
-        IncompatibleFormatError: the file was not written by :func:`save`, is damaged,
-            or has a format version this reader does not support.
+        IncompatibleFormatError: the file was not written by :func:`save`, is damaged or
+            truncated, or has a format version this reader does not support.
+        FileNotFoundError: no file at ``path``.
+        IsADirectoryError: ``path`` is a directory.
         ValueError: the file holds 64-bit arrays and ``jax_enable_x64`` is off.
         TypeError: the object is not an ``expected_type``.
     """
     meta = metadata(path)
-    with _open(path) as archive:
-        try:
-            skeleton = pickle.loads(archive.read(_SKELETON))
-        except Exception as err:
-            raise IncompatibleFormatError(
-                f"cannot rebuild the object stored in {path} (written by {meta['versions']}): {err}"
-            ) from err
-        with np.load(io.BytesIO(archive.read(_ARRAYS)), allow_pickle=False) as npz:
+    raw = _read(path, [_SKELETON, _ARRAYS])
+    try:
+        skeleton = pickle.loads(raw[_SKELETON])
+    except Exception as err:
+        raise IncompatibleFormatError(
+            f"cannot rebuild the object stored in {path} (written by {meta['versions']}): {err}"
+        ) from err
+    try:
+        with np.load(io.BytesIO(raw[_ARRAYS]), allow_pickle=False) as npz:
             stored = [npz[f"arr_{r['index']}"] for r in meta["arrays"]]
+    except (*_DAMAGED, ValueError, KeyError) as err:
+        raise IncompatibleFormatError(f"{path} holds unreadable arrays ({err})") from err
     arrays = [_decode(r, s) for r, s in zip(meta["arrays"], stored)]
     leaves, treedef = jax.tree_util.tree_flatten(skeleton)
     refs = [leaf.index for leaf in leaves if isinstance(leaf, _ArrayRef)]

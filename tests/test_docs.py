@@ -142,3 +142,15 @@ def test_mkdocs_build_strict(tmp_path):
     html = "".join(p.read_text() for p in (tmp_path / "site" / "api").rglob("index.html"))
     missing = [n for n in PUBLIC if f'id="{_defining_module(n)}.{n}"' not in html]
     assert not missing, f"not rendered in the API reference: {missing}"
+    # The pages render offline: every script (the maths renderer included) is bundled.
+    site = tmp_path / "site"
+    pages = "".join(p.read_text() for p in site.rglob("*.html"))
+    external = set(re.findall(r"<script[^>]*\ssrc=\"((?:https?:)?//[^\"]*)\"", pages))
+    assert not external, f"scripts loaded from the network: {sorted(external)}"
+    assert 'src="javascripts/katex.js"' in (site / "index.html").read_text()
+    for bundled in ("katex.min.js", "contrib/auto-render.min.js", "katex.min.css", "LICENSE"):
+        assert (site / "vendor" / "katex" / bundled).is_file(), bundled
+    # Every font the stylesheet names first (woff2, which browsers take) is shipped.
+    css = (site / "vendor" / "katex" / "katex.min.css").read_text()
+    fonts = set(re.findall(r"url\((fonts/[^)]+\.woff2)\)", css))
+    assert fonts and all((site / "vendor" / "katex" / f).is_file() for f in fonts)

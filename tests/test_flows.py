@@ -1,6 +1,7 @@
 """Flows as NumPyro distributions: one-pass log_prob, sampling, pytree behaviour."""
 
 import logging
+import warnings
 
 import equinox as eqx
 import jax
@@ -208,3 +209,20 @@ def test_chain_support_follows_its_constrained_ends():
 def test_samples_keep_the_parameters_dtype_under_x64(x64):
     flow = coupling_flow(jr.key(0), (2,), transformer="affine", n_layers=2, dtype=jnp.float32)
     assert flow.sample(jr.key(1), (3,)).dtype == jnp.float32
+
+
+def test_validate_args_checks_the_support_of_log_prob_values():
+    flow = coupling_flow(jr.key(0), (2,), transformer="affine", n_layers=2, zero_init=False)
+    x = jnp.array([[0.3, -1.2], [jnp.nan, 0.7], [jnp.inf, 0.0]])
+    checked = CouplingFlow(flow.bijection, validate_args=True)
+    with pytest.warns(UserWarning, match="Out-of-support"):
+        log_p = checked.log_prob(x)
+    np.testing.assert_allclose(log_p[0], flow.log_prob(x[:1])[0], rtol=1e-6)
+    assert log_p[1:].tolist() == [-np.inf, -np.inf]
+    # Under jit the check cannot warn, but the out-of-support values still get -inf.
+    assert jax.jit(lambda f, v: f.log_prob(v))(checked, x)[1:].tolist() == [-np.inf, -np.inf]
+    # With validate_args=False nothing is checked.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unchecked = CouplingFlow(flow.bijection, validate_args=False)
+        assert np.isnan(unchecked.log_prob(x)[1])

@@ -172,6 +172,46 @@ def test_foreign_files_are_refused(tmp_path):
         load(tmp_path / "missing.ncf")
 
 
+def test_damaged_files_are_refused_by_name(tmp_path):
+    path = save(tmp_path / "params.ncf", {"w": jnp.arange(3.0), "n": 2})
+    data = path.read_bytes()
+    damaged = tmp_path / "damaged.ncf"
+    # Every single flipped byte: the file loads unchanged (a flip in a timestamp or other
+    # unused header field) or is refused as a damaged archive, never a raw zip/zlib error.
+    refused = 0
+    for i in range(len(data)):
+        flipped = bytearray(data)
+        flipped[i] ^= 0xFF
+        damaged.write_bytes(bytes(flipped))
+        for read in (metadata, load):
+            try:
+                read(damaged)
+            except IncompatibleFormatError as err:
+                assert str(damaged) in str(err)
+                refused += 1
+    assert refused > len(data)
+    damaged.write_bytes(data[: len(data) // 2])  # a truncated copy
+    with pytest.raises(IncompatibleFormatError, match=r"damaged\.ncf.*truncated"):
+        load(damaged)
+    # One flipped bit in the (uncompressed) array bytes is caught by the member's CRC.
+    flipped = bytearray(data)
+    flipped[data.index(np.asarray(jnp.arange(3.0)).tobytes()) + 5] ^= 0x01
+    damaged.write_bytes(bytes(flipped))
+    with pytest.raises(IncompatibleFormatError, match="not a valid, complete"):
+        load(damaged)
+
+
+def test_directories_are_refused_by_name(tmp_path):
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    for read in (load, metadata):
+        with pytest.raises(IsADirectoryError, match=r"'.*flows' is a directory"):
+            read(folder)
+    with pytest.raises(IsADirectoryError, match=r"'.*flows' is a directory.*flow\.ncf"):
+        save(folder, build("flip"))
+    assert list(folder.iterdir()) == []  # no temporary file left behind
+
+
 def test_expected_type_and_traced_save(tmp_path):
     path = save(tmp_path / "b.ncf", build("affine"))
     with pytest.raises(TypeError, match="expected CouplingFlow"):
