@@ -10,7 +10,6 @@ object and an ArviZ ``InferenceData`` in the model's constrained space.
 from __future__ import annotations
 
 import time
-import warnings
 
 import jax
 import jax.random as jr
@@ -19,17 +18,11 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.reparam import NeuTraReparam
 
 from .checks import as_key
+from .diagnostics import chain_diagnostics, import_arviz, warn_about_chains
 from .sites import latent_shapes, prototype_trace, unconstrained_draws
 from .svi import fit_guide
 
 __all__ = ["neutra_mcmc", "neutra_nuts", "nuts_mcmc", "sampling_efficiency"]
-
-
-def _import_arviz():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz as az
-    return az
 
 
 def _run_nuts(
@@ -45,7 +38,11 @@ def _run_nuts(
     nuts_kwargs,
     mcmc_kwargs,
 ):
-    """Run NUTS on ``model`` with the sampler statistics kept; returns ``(mcmc, seconds)``."""
+    """Run NUTS on ``model`` with the sampler statistics kept; returns ``(mcmc, attrs)``.
+
+    ``attrs``: ``mcmc_seconds`` (wall time) and ``warmup_grads`` (leapfrog steps of the
+    warm-up).
+    """
     mcmc_kwargs = {"chain_method": _chain_method(num_chains)} | dict(mcmc_kwargs or {})
     mcmc = MCMC(
         NUTS(model, **(nuts_kwargs or {})),
@@ -56,9 +53,13 @@ def _run_nuts(
         **mcmc_kwargs,
     )
     start = time.perf_counter()
-    mcmc.run(key, *args, extra_fields=_extra_fields(), **model_kwargs)
+    # Warm-up on its own, to count its gradients; the chains are those of one ``run``.
+    mcmc.warmup(key, *args, collect_warmup=True, extra_fields=("num_steps",), **model_kwargs)
+    warmup_grads = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=_extra_fields(), **model_kwargs)
     jax.block_until_ready(mcmc.get_samples())
-    return mcmc, time.perf_counter() - start
+    attrs = {"mcmc_seconds": time.perf_counter() - start, "warmup_grads": warmup_grads}
+    return mcmc, attrs
 
 
 def _chain_method(num_chains):
@@ -79,8 +80,9 @@ def _sample_stats(mcmc) -> dict:
     }
 
 
-def _idata(posterior, unconstrained, mcmc, losses, attrs):
-    az = _import_arviz()
+def _idata(posterior, unconstrained, mcmc, losses, attrs, *, nuts_kwargs, neutra):
+    """The run's ``InferenceData``, its chains diagnosed (``attrs``) and warned about."""
+    az = import_arviz()
     idata = az.from_dict(
         posterior={k: np.asarray(v) for k, v in posterior.items()},
         sample_stats=_sample_stats(mcmc),
@@ -93,6 +95,11 @@ def _idata(posterior, unconstrained, mcmc, losses, attrs):
 
         idata.add_groups({"svi": xr.Dataset({"loss": ("svi_step", np.asarray(losses))})})
     idata.attrs.update(attrs)
+    max_depth = (nuts_kwargs or {}).get("max_tree_depth", 10)
+    max_depth = max_depth if isinstance(max_depth, int) else max(max_depth)
+    diag = chain_diagnostics(idata, max_tree_depth=max_depth)
+    idata.attrs.update(diag._asdict())
+    idata.attrs["warnings"] = warn_about_chains(diag, neutra=neutra)
     return idata
 
 
@@ -136,7 +143,7 @@ def neutra_nuts(
         ``idata.attrs["mcmc_seconds"]`` the wall time.
     """
     neutra = NeuTraReparam(guide, params)
-    mcmc, seconds = _run_nuts(
+    mcmc, attrs = _run_nuts(
         neutra.reparam(model),
         args,
         model_kwargs,
@@ -152,7 +159,10 @@ def neutra_nuts(
     posterior = neutra.transform_sample(z)
     x = jax.vmap(jax.vmap(neutra.transform))(z)
     unconstrained = jax.vmap(jax.vmap(guide._unpack_latent))(x)
-    return mcmc, _idata(posterior, unconstrained, mcmc, losses, {"mcmc_seconds": seconds})
+    idata = _idata(
+        posterior, unconstrained, mcmc, losses, attrs, nuts_kwargs=nuts_kwargs, neutra=True
+    )
+    return mcmc, idata
 
 
 def neutra_mcmc(
@@ -214,12 +224,13 @@ def neutra_mcmc(
         raise ValueError(f"fit_kwargs may not set {taken}: they are neutra_mcmc's own arguments")
     svi_key, mcmc_key = jr.split(as_key(key))
     start = time.perf_counter()
-    guide, params, losses = fit_guide(
+    guide, params, losses, fit_state = fit_guide(
         model,
         *args,
         guide=guide,
         key=svi_key,
         progress_bar=progress_bar,
+        return_state=True,
         **fit_kwargs,
         **model_kwargs,
     )
@@ -240,6 +251,7 @@ def neutra_mcmc(
         **model_kwargs,
     )
     idata.attrs["svi_seconds"] = svi_seconds
+    idata.attrs["svi_grads"] = fit_state.n_grads
     mcmc.guide, mcmc.guide_params = guide, params
     return mcmc, idata
 
@@ -282,7 +294,7 @@ def nuts_mcmc(
         >>> idata.unconstrained_posterior["s"].shape
         (1, 10)
     """
-    mcmc, seconds = _run_nuts(
+    mcmc, attrs = _run_nuts(
         model,
         args,
         model_kwargs,
@@ -301,28 +313,40 @@ def nuts_mcmc(
     draws = mcmc.get_samples(group_by_chain=True)
     posterior = {k: v for k, v in draws.items() if k in keep}
     unconstrained = unconstrained_draws(model, posterior, *args, **model_kwargs)
-    return mcmc, _idata(posterior, unconstrained, mcmc, None, {"mcmc_seconds": seconds})
+    idata = _idata(
+        posterior, unconstrained, mcmc, None, attrs, nuts_kwargs=nuts_kwargs, neutra=False
+    )
+    return mcmc, idata
 
 
 def sampling_efficiency(idata) -> dict:
     """Sampler figures of merit from an ``InferenceData`` of :func:`neutra_mcmc`/:func:`nuts_mcmc`.
 
+    Every gradient of the model's log density a run spent counts: the SVI fit's (one per
+    step and particle), NUTS's warm-up and its sampling.
+
+    Args:
+        idata: the run's ``InferenceData``.
+
     Returns:
         dict with ``min_ess`` (bulk ESS, minimum over every unconstrained latent
-        coordinate), ``n_grads`` (leapfrog steps after warmup), ``ess_per_grad``,
-        ``divergences``, ``seconds`` (MCMC wall time, warmup included) and
-        ``ess_per_second``.
+        coordinate), ``n_grads`` (leapfrog steps after warm-up), ``ess_per_grad``,
+        ``total_grads`` (SVI, warm-up and sampling), ``ess_per_total_grad``,
+        ``divergences``, ``depth_saturation``, ``seconds`` (MCMC wall time, warm-up
+        included) and ``ess_per_second``.
     """
-    az = _import_arviz()
-    ess = az.ess(idata.unconstrained_posterior)
-    min_ess = min(float(np.min(ess[k].values)) for k in ess.data_vars)
+    diag = chain_diagnostics(idata)
     n_grads = int(idata.sample_stats["n_steps"].values.sum())
+    total = n_grads + int(idata.attrs.get("warmup_grads", 0)) + int(idata.attrs.get("svi_grads", 0))
     seconds = float(idata.attrs.get("mcmc_seconds", np.nan))
     return {
-        "min_ess": min_ess,
+        "min_ess": diag.min_ess,
         "n_grads": n_grads,
-        "ess_per_grad": min_ess / max(n_grads, 1),
-        "divergences": int(idata.sample_stats["diverging"].values.sum()),
+        "ess_per_grad": diag.min_ess / max(n_grads, 1),
+        "total_grads": total,
+        "ess_per_total_grad": diag.min_ess / max(total, 1),
+        "divergences": diag.divergences,
+        "depth_saturation": diag.depth_saturation,
         "seconds": seconds,
-        "ess_per_second": min_ess / seconds,
+        "ess_per_second": diag.min_ess / seconds,
     }

@@ -128,10 +128,13 @@ class GuideFitState(NamedTuple):
     Attributes:
         last_params: the last iterate's (constrained) parameters.
         svi_state: NumPyro's ``SVIState`` after the last step.
+        n_grads: gradients of the model's log density the fit spent (one per step and
+            particle), the unit NUTS is costed in.
     """
 
     last_params: dict
     svi_state: Any
+    n_grads: int
 
 
 def fit_guide(
@@ -275,7 +278,8 @@ def fit_guide(
     last = svi.get_params(carry.state)
     params = svi.constrain_fn(carry.average) if average else last
     if return_state:
-        return guide, params, np.concatenate(losses), GuideFitState(last, carry.state)
+        n_grads = steps * int(num_particles)
+        return guide, params, np.concatenate(losses), GuideFitState(last, carry.state, n_grads)
     return guide, params, np.concatenate(losses)
 
 
