@@ -80,8 +80,9 @@ def pareto_khat(log_weights) -> float:
         log_weights: ``(S,)`` log importance weights (any additive constant).
 
     Returns:
-        ``k-hat`` (``inf`` when the tail has 4 draws or fewer, or the weights are not
-        finite).
+        ``k-hat``: ``-inf`` when the largest weights all tie (bounded weights, e.g. the
+        constant weights of an exact guide; ArviZ returns ``inf`` there), ``inf`` when
+        the tail above the cutoff has 1 to 4 draws or a weight is not finite.
 
     Example:
         >>> import numpy as np
@@ -101,6 +102,9 @@ def pareto_khat(log_weights) -> float:
     lw = np.sort(lw - lw.max())
     cutoff = max(lw[-m - 1], np.log(np.finfo(float).tiny))
     tail = lw[lw > cutoff]
+    if tail.size == 0:
+        # The largest weights tie: bounded weights (an exact guide gives constant ones).
+        return float("-inf")
     if tail.size <= 4:
         return float("inf")
     return gpd_fit(np.exp(tail) - np.exp(cutoff))[0]

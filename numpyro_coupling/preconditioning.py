@@ -245,8 +245,6 @@ def gaussian_vi_fit(
 def _check_start(x0):
     if x0.ndim != 1:
         raise ValueError(f"x0 must be a flat vector (d,), got shape {x0.shape}")
-    if not bool(jnp.all(jnp.isfinite(x0))):
-        raise ValueError("x0 must be finite")
 
 
 class DenseAffine(Bijection):
