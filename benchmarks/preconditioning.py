@@ -410,7 +410,7 @@ def main(argv=None):
     parser.add_argument("--neutra", action="store_true", help="part 2: NeuTra from the fit")
     parser.add_argument("--targets", default=None, help="comma list (default: all / part 2: two)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of methods")
-    parser.add_argument("--n-draws", type=int, default=None, help="VI base draws (max(2d, d+8))")
+    parser.add_argument("--n-draws", type=int, default=None, help="VI base draws (max(4d, 32))")
     parser.add_argument("--adam-steps", type=int, default=10_000)
     parser.add_argument("--adam-lr", type=float, default=1e-2)
     parser.add_argument("--pilot", type=int, default=500, help="pilot NUTS warmup = draws")

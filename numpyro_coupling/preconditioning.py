@@ -196,8 +196,11 @@ def gaussian_vi_fit(
         potential: ``U(x)`` for ``x: (d,)``, a scalar.
         x0: ``(d,)`` starting mean.
         key: PRNG key of the base draws.
-        n_draws: base draws (``> d``; default ``max(2 d, d + 8)``). Each evaluation of the
-            objective costs ``n_draws`` gradient evaluations of ``U``.
+        n_draws: base draws (``> d``; default ``max(4 d, 32)``). Each evaluation of the
+            objective costs ``n_draws`` gradient evaluations of ``U``. Any ``n > d`` is
+            exact for a Gaussian target; on others the fit is tuned to its draws, and
+            fewer than ``4 d`` left the 10-D eight schools' KL at 2.5 to 14 nats instead
+            of 1.6 to 2 (``benchmarks/preconditioning.py``).
         max_iter: L-BFGS iterations at most.
         gtol: stop once every gradient entry of the objective is below this.
         init_chol: ``(d, d)`` starting (and preconditioning) factor (default ``I``).
@@ -216,7 +219,7 @@ def gaussian_vi_fit(
     x0 = jnp.asarray(x0, jnp.result_type(float, x0))
     _check_start(x0)
     d = x0.shape[0]
-    n_draws = max(2 * d, d + 8) if n_draws is None else int(n_draws)
+    n_draws = max(4 * d, 32) if n_draws is None else int(n_draws)
     eps = whitened_normal_draws(key, n_draws, d, x0.dtype)
     base = jnp.eye(d, dtype=x0.dtype) if init_chol is None else jnp.asarray(init_chol, x0.dtype)
     log_det_base = jnp.sum(jnp.log(jnp.diagonal(base)))
