@@ -23,7 +23,8 @@ preconditioned by the Laplace fit where that one is usable), ``adam-mvn`` (SVI w
 
 Part 2 (``--neutra``): ``fit_guide`` + ``neutra_nuts`` with the default
 ``AutoCouplingFlow`` and with a prototype whose first layer is the dense affine map of
-the ``laplace+vi`` fit (couplings starting at the identity): guide ``k-hat`` (4000 draws),
+the ``laplace+vi`` fit (couplings starting at the identity): guide ``k-hat`` and IS ESS
+over the draws (4000 draws),
 divergences, mean leapfrog steps per draw, and the largest error of a posterior mean in
 posterior standard deviations (reference: exact for ``gauss``; self-normalised importance
 sampling with 200k draws of the ``laplace+vi`` Gaussian, ``k-hat < 0.5``, otherwise).
@@ -328,13 +329,13 @@ class PreconditionedCouplingFlow(AutoCouplingFlow):
         return type(chain)([dense, *chain.bijections])
 
 
-def _guide_khat(guide, params, model, key, n=4000):
+def _guide_diagnostics(guide, params, model, key, n=4000):
     potential, _ = flat_potential(model)
     post = guide.get_posterior(params)
     xs = post.sample(key, (n,))
     log_q = post.log_prob(xs)
     log_p = -jax.vmap(potential)(xs)
-    return pareto_khat(np.asarray(log_p - log_q))
+    return importance_diagnostics(np.asarray(log_p), np.asarray(log_q))
 
 
 def _reference_moments(t_name, potential, x0):
@@ -363,15 +364,23 @@ def run_neutra(args):
                 else PreconditionedCouplingFlow(model, n_draws=args.n_draws)
             )
             start = time.perf_counter()
-            guide, params, losses = fit_guide(
-                model, guide=guide, svi_steps=args.svi_steps, key=jr.key(args.seed),
+            guide, params, _ = fit_guide(
+                model,
+                guide=guide,
+                svi_steps=args.svi_steps,
+                key=jr.key(args.seed),
                 progress_bar=False,
             )
             svi_s = time.perf_counter() - start
-            k_hat = _guide_khat(guide, params, model, jr.key(3))
+            diag = _guide_diagnostics(guide, params, model, jr.key(3))
             mcmc, idata = neutra_nuts(
-                model, guide, params, num_warmup=args.warmup, num_samples=args.samples,
-                key=jr.key(args.seed + 1), progress_bar=False,
+                model,
+                guide,
+                params,
+                num_warmup=args.warmup,
+                num_samples=args.samples,
+                key=jr.key(args.seed + 1),
+                progress_bar=False,
             )
             z = mcmc.get_samples()[f"{guide.prefix}_shared_latent"]
             # NeuTraReparam's transform (base -> latent) of the chain's draws, unconstrained.
@@ -383,7 +392,8 @@ def run_neutra(args):
                     "target": t_name,
                     "guide": g_name,
                     "svi_s": svi_s,
-                    "k_hat": k_hat,
+                    "k_hat": diag.k_hat,
+                    "ess": diag.ess / 4000,
                     "div": int(stats["diverging"].sum()),
                     "steps": float(stats["n_steps"].mean()),
                     "err": float(err),
@@ -396,6 +406,7 @@ def run_neutra(args):
         ("guide", "guide", "{}"),
         ("svi_s", "SVI s", "{:.0f}"),
         ("k_hat", "guide k-hat", "{:.2f}"),
+        ("ess", "guide IS ESS / S", "{:.3g}"),
         ("div", "divergences", "{}"),
         ("steps", "leapfrog/draw", "{:.1f}"),
         ("err", "max mean error (sd)", "{:.3g}"),
