@@ -27,9 +27,11 @@ __all__ = [
     "ChainDiagnostics",
     "DiagnosticWarning",
     "chain_diagnostics",
+    "guide_diagnostics",
     "guide_log_weights",
     "import_arviz",
     "warn_about_chains",
+    "warn_about_guide",
 ]
 
 
@@ -361,3 +363,52 @@ def guide_log_weights(guide, params, key, num_draws: int = 2000):
 
     log_p, log_q = weights(key)
     return np.asarray(log_p, dtype=float), np.asarray(log_q, dtype=float)
+
+
+def guide_diagnostics(guide, params, key, num_draws: int = 2000) -> ImportanceDiagnostics:
+    """:func:`importance_diagnostics` of a fitted guide's own draws (:func:`guide_log_weights`).
+
+    Example:
+        >>> import jax.random as jr, numpyro, numpyro.distributions as dist
+        >>> from numpyro_coupling import fit_guide
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        >>> guide, params, _ = fit_guide(model, steps=10, progress_bar=False)
+        >>> diag = guide_diagnostics(guide, params, jr.key(0))
+        >>> diag.k_hat < 0.5, round(diag.log_z, 3)  # the guide starts exact here: Z = 1
+        (True, 0.0)
+    """
+    return importance_diagnostics(*guide_log_weights(guide, params, key, num_draws))
+
+
+def warn_about_guide(diag: ImportanceDiagnostics, num_draws: int) -> list[str]:
+    """Warn (:class:`DiagnosticWarning`) when a guide's importance weights say it misses mass.
+
+    The rule: Pareto k-hat above 0.7 while fewer than 90% of the draws are effective (a
+    heavy right tail of the weights: the guide is too narrow or misplaced somewhere), or
+    fewer than 10% effective whatever k-hat says (a guide far too wide or misplaced has
+    light-tailed but very uneven weights). Either way a NeuTra chain on its geometry can be
+    slow or wrong.
+
+    Args:
+        diag: from :func:`guide_diagnostics`.
+        num_draws: the draws it used.
+
+    Returns:
+        The messages warned (empty when the guide looks sound).
+
+    Example:
+        >>> warn_about_guide(ImportanceDiagnostics(0.3, 1900.0, 0.0, 0.01), 2000)
+        []
+    """
+    share = diag.ess / num_draws
+    if not ((diag.k_hat > 0.7 and share < 0.9) or share < 0.1):
+        return []
+    message = (
+        f"The guide misses posterior mass (Pareto k-hat {diag.k_hat:.2f}, importance-sampling "
+        f"ESS {share:.1%} of its draws): expect slow or biased NUTS on its geometry. Try "
+        "more SVI steps or particles (fit_kwargs={'steps': ..., 'num_particles': 16}), "
+        "precondition='gaussian', or a more flexible transformer ('loc_scale_spline')."
+    )
+    warnings.warn(message, DiagnosticWarning, stacklevel=3)
+    return [message]

@@ -28,15 +28,23 @@ from numpyro.infer.initialization import init_to_median
 from .bijection import Bijection, Chain, Invert
 from .checks import as_key
 from .flows import PERMUTATIONS, coupling_layers
-from .linear import ActNorm1D
+from .linear import ActNorm1D, DenseAffine
+from .preconditioning import gaussian_fit
 from .rbig import fit_rbig_coupling
 from .sites import discrete_latent_sites, prototype_trace, unconstrained_draws
 from .transformers import make_transformer
 
-__all__ = ["AutoCouplingFlow"]
+__all__ = ["MAX_AUTO_DENSE_DIM", "PRECONDITIONS", "AutoCouplingFlow"]
 
 #: The guide's conditioner defaults (see the autoguide docs for what they were chosen on).
 _INPUT_BOUND = 5.0
+
+#: ``precondition=`` choices of :class:`AutoCouplingFlow`.
+PRECONDITIONS = ("auto", "gaussian", None)
+
+#: ``precondition="auto"`` fits the dense Gaussian up to this many latent dimensions (its
+#: variational fit costs ``4 d`` gradients an iteration and ``d^2`` parameters).
+MAX_AUTO_DENSE_DIM = 200
 
 
 def _checked_init_scale(value) -> float | str:
@@ -187,8 +195,17 @@ class AutoCouplingFlow(AutoContinuous):
         linear_rank: rank of the linear path from a conditioner's inputs to the
             log-scales (``0``: none).
         init_loc_fn: per-site initialisation of ``loc`` (a NumPyro init strategy).
-        init_scale: initial ``scale``: a positive number for every coordinate, or
-            ``"auto"``: the inverse square root of the diagonal of the negative
+        precondition: ``"gaussian"``: before the couplings, a fixed dense affine layer
+            ``x = m + L u`` carries the posterior's location, scales and correlations,
+            fitted when the guide is first called
+            (:func:`~numpyro_coupling.preconditioning.gaussian_fit`: Laplace, then a
+            full-rank variational Gaussian), so the guide starts as that Gaussian and a
+            posterior that is Gaussian up to an affine map is solved before SVI starts;
+            its gradients are counted in ``precondition_grads``. ``"auto"`` (default):
+            the same up to :data:`MAX_AUTO_DENSE_DIM` latent dimensions, none beyond;
+            ``None``: none (the guide starts as ``N(init_loc, init_scale^2)``).
+        init_scale: without a Gaussian fit, the initial ``scale``: a positive number for
+            every coordinate, or ``"auto"``: the inverse square root of the diagonal of the negative
             log-density's Hessian at the initial location, clipped to ``[1e-4, 5]``.
         prefix: name prefix of the guide's sites.
         warm_start: optional dict ``site -> draws`` (leading axis: draws, constrained
@@ -231,6 +248,7 @@ class AutoCouplingFlow(AutoContinuous):
         linear_rank: int = 2,
         init_loc_fn=init_to_median,
         init_scale: float | str = 1.0,
+        precondition: str | None = "auto",
         prefix: str = "auto",
         warm_start: dict | None = None,
         stl: bool = True,
@@ -255,6 +273,9 @@ class AutoCouplingFlow(AutoContinuous):
             raise ValueError(f"linear_rank must be a non-negative integer, got {linear_rank!r}")
         self.linear_rank = int(linear_rank)
         self.init_scale = init_scale
+        if precondition not in PRECONDITIONS:
+            raise ValueError(f"precondition must be one of {PRECONDITIONS}, got {precondition!r}")
+        self.precondition = precondition
         self.transformer_kwargs = dict(transformer_kwargs)
         self.warm_start = warm_start
         self.stl = bool(stl)
@@ -307,6 +328,15 @@ class AutoCouplingFlow(AutoContinuous):
                     scale = self._curvature_scale(key).astype(dtype)
             else:
                 scale = jnp.full(d, self.init_scale, dtype)
+        self.gaussian, self.precondition_grads = None, 0
+        if self._wants_gaussian():
+            with handlers.block():
+                fit = self._gaussian_fit(jr.fold_in(key, 2), dtype)
+            self.precondition_grads = int(fit.n_grad)
+            if bool(fit.ok):
+                # The guide starts as the fitted Gaussian: its loc/scale act after it.
+                self.gaussian = fit
+                loc, scale = jnp.zeros(d, dtype), jnp.ones(d, dtype)
         self._init_loc, self._init_scale_vec = loc, scale
         flow_params, self._flow_static = eqx.partition(layers, eqx.is_inexact_array)
         # Arrays, not the module: numpyro.param would call a module as an initialiser.
@@ -376,7 +406,24 @@ class AutoCouplingFlow(AutoContinuous):
     def _normaliser(self, loc, scale, flow_params) -> Chain:
         norm = ActNorm1D((self.latent_dim,), dtype=jnp.result_type(loc))
         norm.loc, norm.log_scale = loc, jnp.log(scale)
-        return Chain([norm, eqx.combine(self._unravel_flow(flow_params), self._flow_static)])
+        layers = [norm, eqx.combine(self._unravel_flow(flow_params), self._flow_static)]
+        if self.gaussian is not None:
+            # A fixed layer (no numpyro.param): the Gaussian the fit started from.
+            layers.insert(0, DenseAffine(self.gaussian.loc, self.gaussian.chol))
+        return Chain(layers)
+
+    def _wants_gaussian(self) -> bool:
+        if self.warm_start is not None or self.precondition is None:
+            return False
+        return self.precondition == "gaussian" or self.latent_dim <= MAX_AUTO_DENSE_DIM
+
+    def _gaussian_fit(self, key, dtype):
+        def potential(x):
+            return self._potential_fn(self._unpack_latent(x))
+
+        return jax.jit(lambda x, k: gaussian_fit(potential, x, k))(
+            self._init_latent.astype(dtype), key
+        )
 
     def _get_posterior(self, stl: bool | None = None):
         # SVI samples through this with ``self.stl``; public accessors pass ``stl=False`` so

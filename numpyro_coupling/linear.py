@@ -15,6 +15,7 @@ from .bijection import Bijection
 __all__ = [
     "MIXINGS",
     "ActNorm1D",
+    "DenseAffine",
     "Flip",
     "FrozenMatrix",
     "HouseholderRotation",
@@ -349,3 +350,54 @@ def mixing_layer(kind: str, key, dim: int, dtype=None) -> Bijection | None:
     if kind == "none":
         return None
     raise ValueError(f"permutation must be one of {MIXINGS}, got {kind!r}")
+
+
+class DenseAffine(Bijection):
+    """Whitening map ``u = L^-1 (x - loc)`` with ``L`` lower-triangular (positive diagonal).
+
+    The normalising direction of a Gaussian ``N(loc, L L^T)``: its ``inverse`` is
+    ``x = loc + L u``. Log-det of ``transform``: ``-sum(log diag L)``. Both arrays are
+    parameters (pytree leaves); fix them by holding them out of an optimiser.
+
+    Args:
+        loc: ``(d,)`` location.
+        chol: ``(d, d)`` lower-triangular factor; only its lower triangle is read.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> layer = DenseAffine(jnp.array([1.0, 2.0]), jnp.array([[2.0, 0.0], [1.0, 1.0]]))
+        >>> layer.transform(jnp.array([3.0, 4.0])).tolist()
+        [1.0, 1.0]
+        >>> layer.inverse(jnp.array([1.0, 1.0])).tolist()
+        [3.0, 4.0]
+    """
+
+    _params = ("loc", "chol")
+
+    def __init__(self, loc, chol):
+        loc = jnp.asarray(loc)
+        chol = jnp.asarray(chol, loc.dtype)
+        if loc.ndim != 1 or chol.shape != (loc.shape[0], loc.shape[0]):
+            raise ValueError(
+                f"loc must be (d,) and chol (d, d), got loc {loc.shape} and chol {chol.shape}"
+            )
+        self.shape = (int(loc.shape[0]),)
+        self.loc, self.chol = loc, chol
+
+    def _lower(self):
+        return jnp.tril(self.chol)
+
+    def transform_and_log_det(self, x):
+        self.check_event(x)
+        lower = self._lower()
+        flat = (x - self.loc).reshape(-1, self.shape[0]).T
+        u = jax.scipy.linalg.solve_triangular(lower, flat, lower=True).T.reshape(jnp.shape(x))
+        log_det = -jnp.sum(jnp.log(jnp.diagonal(lower)))
+        return u, jnp.broadcast_to(log_det, self.batch_shape_of(x))
+
+    def inverse_and_log_det(self, u):
+        self.check_event(u)
+        lower = self._lower()
+        x = self.loc + u @ lower.T
+        log_det = jnp.sum(jnp.log(jnp.diagonal(lower)))
+        return x, jnp.broadcast_to(log_det, self.batch_shape_of(u))

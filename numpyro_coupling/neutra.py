@@ -18,11 +18,20 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.reparam import NeuTraReparam
 
 from .checks import as_key
-from .diagnostics import chain_diagnostics, import_arviz, warn_about_chains
+from .diagnostics import (
+    chain_diagnostics,
+    guide_diagnostics,
+    import_arviz,
+    warn_about_chains,
+    warn_about_guide,
+)
 from .sites import latent_shapes, prototype_trace, unconstrained_draws
 from .svi import fit_guide
 
-__all__ = ["neutra_mcmc", "neutra_nuts", "nuts_mcmc", "sampling_efficiency"]
+__all__ = ["GUIDE_DRAWS", "neutra_mcmc", "neutra_nuts", "nuts_mcmc", "sampling_efficiency"]
+
+#: Guide draws whose importance weights diagnose a guide before NUTS runs on it.
+GUIDE_DRAWS = 2000
 
 
 def _run_nuts(
@@ -142,12 +151,16 @@ def neutra_nuts(
         unconstrained, ``idata.sample_stats`` ``diverging``/``n_steps``/... and
         ``idata.attrs["mcmc_seconds"]`` the wall time.
     """
+    key, diag_key = jr.split(as_key(key))
+    # Checked before NUTS starts: a guide that misses mass is warned about at once.
+    guide_diag = guide_diagnostics(guide, params, diag_key, GUIDE_DRAWS)
+    guide_warnings = warn_about_guide(guide_diag, GUIDE_DRAWS)
     neutra = NeuTraReparam(guide, params)
     mcmc, attrs = _run_nuts(
         neutra.reparam(model),
         args,
         model_kwargs,
-        key=as_key(key),
+        key=key,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
@@ -159,9 +172,11 @@ def neutra_nuts(
     posterior = neutra.transform_sample(z)
     x = jax.vmap(jax.vmap(neutra.transform))(z)
     unconstrained = jax.vmap(jax.vmap(guide._unpack_latent))(x)
+    attrs |= {f"guide_{k}": v for k, v in guide_diag._asdict().items()}
     idata = _idata(
         posterior, unconstrained, mcmc, losses, attrs, nuts_kwargs=nuts_kwargs, neutra=True
     )
+    idata.attrs["warnings"] = guide_warnings + idata.attrs["warnings"]
     return mcmc, idata
 
 
@@ -333,7 +348,8 @@ def sampling_efficiency(idata) -> dict:
         coordinate), ``n_grads`` (leapfrog steps after warm-up), ``ess_per_grad``,
         ``total_grads`` (SVI, warm-up and sampling), ``ess_per_total_grad``,
         ``divergences``, ``depth_saturation``, ``seconds`` (MCMC wall time, warm-up
-        included) and ``ess_per_second``.
+        included), ``ess_per_second`` and ``k_hat`` (the guide's Pareto k-hat; ``nan``
+        without a guide).
     """
     diag = chain_diagnostics(idata)
     n_grads = int(idata.sample_stats["n_steps"].values.sum())
@@ -349,4 +365,5 @@ def sampling_efficiency(idata) -> dict:
         "depth_saturation": diag.depth_saturation,
         "seconds": seconds,
         "ess_per_second": diag.min_ess / seconds,
+        "k_hat": float(idata.attrs.get("guide_k_hat", np.nan)),
     }

@@ -27,11 +27,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 
-from .bijection import Bijection
-
 __all__ = [
-    "DenseAffine",
     "GaussianFit",
+    "gaussian_fit",
     "gaussian_vi_fit",
     "laplace_fit",
     "whitened_normal_draws",
@@ -250,52 +248,43 @@ def _check_start(x0):
         raise ValueError(f"x0 must be a flat vector (d,), got shape {x0.shape}")
 
 
-class DenseAffine(Bijection):
-    """Whitening map ``u = L^-1 (x - loc)`` with ``L`` lower-triangular (positive diagonal).
+def gaussian_fit(potential, x0, key, *, n_draws: int | None = None) -> GaussianFit:
+    """The Gaussian a guide starts from: :func:`laplace_fit`, then :func:`gaussian_vi_fit`.
 
-    The normalising direction of a Gaussian ``N(loc, L L^T)``: its ``inverse`` is
-    ``x = loc + L u``. Log-det of ``transform``: ``-sum(log diag L)``. Both arrays are
-    parameters (pytree leaves); fix them by holding them out of an optimiser.
+    The Laplace fit is cheap and, for a posterior that is Gaussian up to an affine map,
+    exact; it then preconditions (and starts) the variational fit, which L-BFGS could not
+    solve from the identity at condition numbers like ``1e8``. Where no usable mode exists
+    (a funnel, a centred hierarchical model) the variational fit starts from ``(x0, I)``;
+    where it fails, the Laplace fit is returned if usable.
 
     Args:
-        loc: ``(d,)`` location.
-        chol: ``(d, d)`` lower-triangular factor; only its lower triangle is read.
+        potential: ``U(x)`` for ``x: (d,)``, a scalar (``-log p`` up to a constant).
+        x0: ``(d,)`` starting point.
+        key: PRNG key of the variational fit's base draws.
+        n_draws: base draws of the variational fit (default ``max(4 d, 32)``).
+
+    Returns:
+        :class:`GaussianFit` (``n_grad`` counts both fits).
 
     Example:
-        >>> import jax.numpy as jnp
-        >>> layer = DenseAffine(jnp.array([1.0, 2.0]), jnp.array([[2.0, 0.0], [1.0, 1.0]]))
-        >>> layer.transform(jnp.array([3.0, 4.0])).tolist()
-        [1.0, 1.0]
-        >>> layer.inverse(jnp.array([1.0, 1.0])).tolist()
-        [3.0, 4.0]
+        >>> import jax.numpy as jnp, jax.random as jr
+        >>> cov = jnp.array([[1.0, 0.999], [0.999, 1.0]]) * jnp.array([1.0, 1e4])[:, None]
+        >>> cov = 0.5 * (cov + cov.T)
+        >>> prec = jnp.linalg.inv(cov)
+        >>> fit = gaussian_fit(lambda x: 0.5 * x @ prec @ x, jnp.ones(2), jr.key(0))
+        >>> bool(fit.ok), bool(jnp.allclose(fit.chol @ fit.chol.T, cov, rtol=1e-3))
+        (True, True)
     """
-
-    _params = ("loc", "chol")
-
-    def __init__(self, loc, chol):
-        loc = jnp.asarray(loc)
-        chol = jnp.asarray(chol, loc.dtype)
-        if loc.ndim != 1 or chol.shape != (loc.shape[0], loc.shape[0]):
-            raise ValueError(
-                f"loc must be (d,) and chol (d, d), got loc {loc.shape} and chol {chol.shape}"
-            )
-        self.shape = (int(loc.shape[0]),)
-        self.loc, self.chol = loc, chol
-
-    def _lower(self):
-        return jnp.tril(self.chol)
-
-    def transform_and_log_det(self, x):
-        self.check_event(x)
-        lower = self._lower()
-        flat = (x - self.loc).reshape(-1, self.shape[0]).T
-        u = jax.scipy.linalg.solve_triangular(lower, flat, lower=True).T.reshape(jnp.shape(x))
-        log_det = -jnp.sum(jnp.log(jnp.diagonal(lower)))
-        return u, jnp.broadcast_to(log_det, self.batch_shape_of(x))
-
-    def inverse_and_log_det(self, u):
-        self.check_event(u)
-        lower = self._lower()
-        x = self.loc + u @ lower.T
-        log_det = jnp.sum(jnp.log(jnp.diagonal(lower)))
-        return x, jnp.broadcast_to(log_det, self.batch_shape_of(u))
+    lap = laplace_fit(potential, x0)
+    eye = jnp.eye(jnp.shape(x0)[0], dtype=lap.chol.dtype)
+    start = jnp.where(lap.ok, lap.loc, jnp.asarray(x0, lap.loc.dtype))
+    vi = gaussian_vi_fit(
+        potential, start, key, n_draws=n_draws, init_chol=jnp.where(lap.ok, lap.chol, eye)
+    )
+    n_grad = vi.n_grad + lap.n_grad
+    return GaussianFit(
+        jnp.where(vi.ok, vi.loc, lap.loc),
+        jnp.where(vi.ok, vi.chol, lap.chol),
+        n_grad,
+        vi.ok | lap.ok,
+    )
