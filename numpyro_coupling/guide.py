@@ -29,7 +29,7 @@ from .bijection import Bijection, Chain, Invert
 from .checks import as_key
 from .flows import PERMUTATIONS, coupling_layers
 from .linear import ActNorm1D
-from .rbig import fit_rbig_coupling
+from .rbig_coupling import fit_rbig_coupling
 from .sites import discrete_latent_sites, prototype_trace, unconstrained_draws
 from .transformers import make_transformer
 
@@ -193,7 +193,7 @@ class AutoCouplingFlow(AutoContinuous):
         prefix: name prefix of the guide's sites.
         warm_start: optional dict ``site -> draws`` (leading axis: draws, constrained
             space, e.g. from a pilot NUTS run): the flow starts as
-            :func:`~numpyro_coupling.rbig.fit_rbig_coupling` of the draws in the
+            :func:`~numpyro_coupling.rbig_coupling.fit_rbig_coupling` of the draws in the
             unconstrained space (kept as ``warm_start_flow``; ``loc = 0``, ``scale = 1``).
         stl: the "sticking the landing" gradient for the guide's own SVI draws (lower
             gradient noise near the optimum; unbiased for ``Trace_ELBO``-type objectives,
