@@ -1,7 +1,7 @@
 """Warm versus cold start of the AutoCouplingFlow guide: how fast SVI reaches a given ELBO.
 
 For each target, a short plain-NUTS pilot run provides draws; the warm guide's flow is
-:func:`~numpyro_coupling.rbig.fit_rbig_coupling` of those draws (mixture-CDF couplings,
+:func:`~numpyro_coupling.rbig_coupling.fit_rbig_coupling` of those draws (mixture-CDF couplings,
 zero final kernels), the cold guide is the same architecture started at
 ``N(init_loc, 1)``. Both are trained by :func:`~numpyro_coupling.svi.fit_guide` with the
 same key, steps and learning rate. Reported per guide: the negative ELBO at step 0 and at

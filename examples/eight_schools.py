@@ -22,7 +22,7 @@ from numpyro_coupling.demo import (
     format_table,
     plot_comparison,
 )
-from numpyro_coupling.plot import plot_pairs
+from numpyro_coupling.pair_plot import plot_pairs
 from numpyro_coupling.targets import eight_schools
 
 

@@ -1,4 +1,4 @@
-"""Every figure of ``numpyro_coupling.plot``, on a spline coupling flow fitted to two moons.
+"""Every figure of ``numpyro_coupling.plot`` and ``pair_plot``, on a flow fitted to two moons.
 
 The flow is trained by a plain Optax loop (Adam, gradient clipping, one-cycle schedule); the
 total-correlation trace comes from a greedy RBIG fit of the same data. Run
@@ -22,6 +22,7 @@ from sklearn.datasets import make_moons
 
 from numpyro_coupling import checkerboard_mask, coupling_flow, half_mask
 from numpyro_coupling import plot as ncplot
+from numpyro_coupling.pair_plot import plot_pairs
 from numpyro_coupling.rbig import fit_rbig
 
 
@@ -123,7 +124,7 @@ def main(argv=None):
     save(fig, "gallery_masks.png")
 
     samples = np.asarray(flow.sample(jr.key(2), (n_data,)))
-    axes = ncplot.plot_pairs(np.asarray(data), samples, labels=("data", "flow samples"))
+    axes = plot_pairs(np.asarray(data), samples, labels=("data", "flow samples"))
     axes[0, 0].figure.suptitle("Data against samples of the trained flow")
     save(axes[0, 0].figure, "gallery_pairs.png")
 

@@ -38,7 +38,8 @@ from numpyro_coupling import (
 )
 from numpyro_coupling.inspection import final_kernel_magnitudes
 from numpyro_coupling.plot import plot_kernel_magnitudes, plot_losses
-from numpyro_coupling.rbig import fit_rbig, fit_rbig_coupling
+from numpyro_coupling.rbig import fit_rbig
+from numpyro_coupling.rbig_coupling import fit_rbig_coupling
 
 
 def moons(n, seed, stats=None):

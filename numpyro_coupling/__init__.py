@@ -31,7 +31,8 @@ from .io import IncompatibleFormatError, load, save
 from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute, Rotation, mixing_layer
 from .masks import alternating_mask, bit_masks, checkerboard_mask, half_mask
 from .neutra import neutra_mcmc, neutra_nuts, nuts_mcmc, sampling_efficiency
-from .rbig import RBIGFlow, RBIGLayers, fit_rbig, fit_rbig_coupling
+from .rbig import RBIGFlow, RBIGLayers, fit_rbig
+from .rbig_coupling import fit_rbig_coupling
 from .sites import unconstrained_draws
 from .svi import (
     GuideFitState,

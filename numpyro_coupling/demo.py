@@ -175,6 +175,7 @@ def plot_comparison(
     import matplotlib.pyplot as plt
 
     from . import plot as ncplot
+    from .plot_style import PALETTE
 
     def column(idata, site, index):
         v = np.asarray(idata.posterior[site].values)
@@ -196,7 +197,7 @@ def plot_comparison(
         ax.scatter(ref[:, 0], ref[:, 1], s=3, color="0.8", lw=0, label="exact", zorder=0)
     for (name, idata), color in zip(
         [("NUTS", result["nuts"][1]), ("NeuTra", result["neutra"][1])],
-        [ncplot.PALETTE[0], ncplot.PALETTE[1]],
+        [PALETTE[0], PALETTE[1]],
     ):
         x = column(idata, *coords[0])
         y = column(idata, *coords[1])
@@ -212,7 +213,7 @@ def plot_comparison(
     mcmc = result["neutra"][0]
     z = np.asarray(mcmc.get_samples()[f"{result['guide'].prefix}_shared_latent"])
     i, j = latent_coords
-    ax.scatter(z[:, i], z[:, j], s=4, alpha=0.5, color=ncplot.PALETTE[1], lw=0)
+    ax.scatter(z[:, i], z[:, j], s=4, alpha=0.5, color=PALETTE[1], lw=0)
     t = np.linspace(0, 2 * np.pi, 200)
     for r in (1, 2, 3):
         ax.plot(r * np.cos(t), r * np.sin(t), color="black", lw=0.8, ls="--")

@@ -30,7 +30,7 @@ from .checks import as_key
 from .flows import PERMUTATIONS, coupling_layers
 from .linear import ActNorm1D, DenseAffine
 from .preconditioning import gaussian_fit
-from .rbig import fit_rbig_coupling
+from .rbig_coupling import fit_rbig_coupling
 from .sites import discrete_latent_sites, prototype_trace, unconstrained_draws
 from .transformers import make_transformer
 
@@ -210,7 +210,7 @@ class AutoCouplingFlow(AutoContinuous):
         prefix: name prefix of the guide's sites.
         warm_start: optional dict ``site -> draws`` (leading axis: draws, constrained
             space, e.g. from a pilot NUTS run): the flow starts as
-            :func:`~numpyro_coupling.rbig.fit_rbig_coupling` of the draws in the
+            :func:`~numpyro_coupling.rbig_coupling.fit_rbig_coupling` of the draws in the
             unconstrained space (kept as ``warm_start_flow``; ``loc = 0``, ``scale = 1``).
         stl: the "sticking the landing" gradient for the guide's own SVI draws (lower
             gradient noise near the optimum; unbiased for ``Trace_ELBO``-type objectives,

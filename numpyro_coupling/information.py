@@ -11,11 +11,11 @@ from the marginal entropies before and after its rotation, so
   only dependence is estimated.
 
 The estimators assume continuous data: a column whose most frequent value holds more
-than :data:`~numpyro_coupling.rbig.MAX_TIE_FRACTION` of the rows (rounded or discrete
+than :data:`~numpyro_coupling.ties.MAX_TIE_FRACTION` of the rows (rounded or discrete
 values, a point mass such as exact zeros) has no density, and the estimates would run off
 to hundreds of nats. Such input raises a ``ValueError`` naming the argument, unless
 ``dequantize=True``, which spreads each tied column by uniform noise of its grid width
-(:func:`~numpyro_coupling.rbig.dequantize_ties`, seeded by ``key``) and estimates the
+(:func:`~numpyro_coupling.ties.dequantize_ties`, seeded by ``key``) and estimates the
 information of the dequantised data.
 
 All values are in nats. Defaults favour accuracy over speed (16 mixture components,
@@ -29,7 +29,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import jax.random as jr
 
-from .rbig import RBIGFlow, check_continuous, dequantize_ties, fit_rbig
+from .rbig import RBIGFlow, fit_rbig
+from .ties import check_continuous, dequantize_ties
 
 __all__ = ["entropy", "mutual_information", "total_correlation"]
 

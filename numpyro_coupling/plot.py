@@ -6,13 +6,15 @@ the ``Figure``) and leaves matplotlib's global settings alone.
 
 Colour convention: data and "before" in blue, model output and "after" in orange, the
 ``N(0, 1)`` reference as a dashed black line; in masks, passive (context) coordinates
-are blue and active (transformed) ones orange.
+are blue and active (transformed) ones orange. Corner plots of draws are
+:mod:`numpyro_coupling.pair_plot`'s; the shared palette and styling,
+:mod:`numpyro_coupling.plot_style`'s.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from .inspection import final_kernel_magnitudes, layer_masks
+from .plot_style import PALETTE, new_axes, style_axes, subsample
 
 __all__ = [
     "plot_density",
@@ -29,40 +32,14 @@ __all__ = [
     "plot_latent_marginals",
     "plot_losses",
     "plot_mask",
-    "plot_pairs",
     "plot_tc_trace",
 ]
 
-#: Colour cycle shared by every figure (colour-blind friendly Okabe-Ito hues).
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 PASSIVE_COLOR, ACTIVE_COLOR = PALETTE[0], PALETTE[1]
 _REFERENCE_KW = {"color": "black", "lw": 1.4, "ls": "--"}
-_PAIR_COLORS = PALETTE[:2]  # the "before" and "after" sets of a pair plot
 
 
 # --- shared helpers -----------------------------------------------------------------
-def _style(ax, grid: bool = True):
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    if grid:
-        ax.grid(True, color="0.9", lw=0.8)
-        ax.set_axisbelow(True)
-    return ax
-
-
-def _axes(ax, figsize):
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return ax
-
-
-def _subsample(x: np.ndarray, max_points: int | None, seed: int = 0) -> np.ndarray:
-    if max_points is None or len(x) <= max_points:
-        return x
-    idx = np.random.default_rng(seed).choice(len(x), max_points, replace=False)
-    return x[np.sort(idx)]
-
-
 def _standard_normal_pdf(z):
     return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
@@ -148,19 +125,19 @@ def plot_density(
     bounds = _density_bounds(bounds, data)
     gx, gy, density = _density_on_grid(flow, bounds, n_grid)
 
-    ax = _axes(ax, (4.6, 4.2))
+    ax = new_axes(ax, (4.6, 4.2))
     filled = ax.contourf(gx, gy, density, levels=levels, cmap=cmap)
     if colorbar:
         ax.figure.colorbar(filled, ax=ax, label="density", shrink=0.85)
     if data is not None:
-        pts = _subsample(data, max_points)
+        pts = subsample(data, max_points)
         ax.scatter(pts[:, 0], pts[:, 1], s=2, color="white", alpha=0.35, linewidths=0)
     ax.set(xlim=tuple(bounds[0].tolist()), ylim=tuple(bounds[1].tolist()))
     ax.set(xlabel="$x_0$", ylabel="$x_1$")
     ax.set_aspect("equal", adjustable="box")
     if title is not None:
         ax.set_title(title)
-    return _style(ax, grid=False)
+    return style_axes(ax, grid=False)
 
 
 def _density_bounds(bounds, data) -> np.ndarray:
@@ -245,7 +222,7 @@ def plot_latent_marginals(
         a.set_title(f"$z_{{{i}}}$: mean {mean:+.2f}, std {zi.std():.2f}", fontsize=10)
         a.set_xlabel(f"$z_{{{i}}}$")
         a.set_xlim(-span, span)
-        _style(a)
+        style_axes(a)
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize=8, frameon=False, loc="upper left")
     return axes
@@ -300,7 +277,7 @@ def plot_losses(
     if isinstance(losses, (list, tuple)) and losses and all(np.ndim(v) == 0 for v in losses):
         losses = np.asarray(losses)  # a plain list of numbers is one curve
     curves = _as_named(losses, labels, "losses")
-    ax = _axes(ax, (5.6, 3.6))
+    ax = new_axes(ax, (5.6, 3.6))
     for i, (label, y) in enumerate(curves.items()):
         y = np.asarray(y, dtype=float)
         if y.ndim != 1:
@@ -318,7 +295,7 @@ def plot_losses(
         ax.set_title(title)
     if any(label is not None for label in curves):
         ax.legend(frameon=False)
-    return _style(ax)
+    return style_axes(ax)
 
 
 def plot_tc_trace(
@@ -360,7 +337,7 @@ def plot_tc_trace(
     trace = np.asarray(trace, dtype=float)
     if trace.ndim != 1:
         raise ValueError(f"trace must be a 1-D array, got shape {trace.shape}")
-    ax = _axes(ax, (5.0, 3.4))
+    ax = new_axes(ax, (5.0, 3.4))
     layers = np.arange(start, start + len(trace))
     n_existing = len(ax.get_lines())
     ax.axhline(0.0, color="0.4", lw=1.0, ls=":")
@@ -372,7 +349,7 @@ def plot_tc_trace(
         ax.set_title(title)
     if label is not None:
         ax.legend(frameon=False)
-    return _style(ax)
+    return style_axes(ax)
 
 
 # --- conditioner diagnostics ------------------------------------------------------------
@@ -409,7 +386,7 @@ def plot_kernel_magnitudes(
     """
     named = _as_named(flows, labels, "flows")
     mags = {label: final_kernel_magnitudes(f) for label, f in named.items()}
-    ax = _axes(ax, (5.2, 3.4))
+    ax = new_axes(ax, (5.2, 3.4))
     n_groups = max(len(m) for m in mags.values())
     width = 0.8 / len(mags)
     for i, (label, m) in enumerate(mags.items()):
@@ -435,7 +412,7 @@ def plot_kernel_magnitudes(
         ax.set_title(title)
     if any(label is not None for label in mags):
         ax.legend(frameon=False)
-    return _style(ax)
+    return style_axes(ax)
 
 
 # --- masks ------------------------------------------------------------------------------
@@ -469,7 +446,7 @@ def plot_mask(mask, *, ax=None, title: str | None = None, legend: bool = True):
     n_rows, n_cols = image.shape
     if ax is None:
         figsize = (min(0.45 * n_cols + 1.5, 9.0), min(0.45 * n_rows + 1.5, 7.0))
-        ax = _axes(None, (max(figsize[0], 3.0), max(figsize[1], 2.0)))
+        ax = new_axes(None, (max(figsize[0], 3.0), max(figsize[1], 2.0)))
     _draw_mask_cells(ax, image, vector=m.ndim == 1)
     ax.set_xlabel(xlabel)
     if ylabel is not None:
@@ -530,176 +507,3 @@ def _mask_legend(ax):
         frameon=False,
         fontsize=8,
     )
-
-
-# --- posterior samples -----------------------------------------------------------------
-def _columns(samples) -> dict[str, np.ndarray]:
-    """Flatten a dict of per-site draws, or an ``(n, d)`` array, to named 1-D columns."""
-    if isinstance(samples, Mapping):
-        cols = {}
-        for name, value in samples.items():
-            v = np.asarray(value, dtype=float)
-            if v.ndim == 1:
-                cols[name] = v
-                continue
-            flat = v.reshape(len(v), -1)
-            for j in range(flat.shape[1]):
-                cols[f"{name}[{j}]"] = flat[:, j]
-        return cols
-    v = np.asarray(samples, dtype=float)
-    if v.ndim != 2:
-        raise ValueError(
-            f"samples must be a dict of arrays or an (n, d) array, got shape {v.shape}"
-        )
-    return {f"$x_{{{j}}}$": v[:, j] for j in range(v.shape[1])}
-
-
-def _plot_range(columns, tail: float = 0.002):
-    """Axis range covering all but the outermost ``tail`` of every set, padded by 5%."""
-    lo = min(np.nanquantile(c, tail) for c in columns)
-    hi = max(np.nanquantile(c, 1 - tail) for c in columns)
-    pad = 0.05 * (hi - lo) or 0.5
-    return float(lo - pad), float(hi + pad)
-
-
-def plot_pairs(
-    samples_before,
-    samples_after=None,
-    *,
-    ax=None,
-    coords: Sequence | None = None,
-    max_coords: int = 4,
-    labels: Sequence[str] = ("before", "after"),
-    max_points: int | None = 1000,
-    bins: int = 40,
-):
-    """Corner plot of a handful of coordinates, overlaying two sets of draws.
-
-    Built for NeuTra: ``samples_before`` from plain NUTS and ``samples_after`` from NUTS
-    on the flow-reparameterised model (or draws in the data space against draws in the
-    latent space). Lower panels scatter pairs of coordinates, the diagonal shows the
-    marginal histograms; each axis spans all but the outermost 0.2% of the draws.
-
-    Args:
-        samples_before: a dict ``site -> (n, ...)`` array (as ``mcmc.get_samples()``) or
-            an ``(n, d)`` array.
-        samples_after: optional second set, in the same format and with the same names.
-        ax: a ``(k, k)`` array of Axes for ``k`` coordinates, or a single Axes, which
-            then shows the scatter of the first two coordinates only.
-        coords: names (dict input; vector sites are named ``"site[i]"``) or column
-            indices (array input) of the coordinates to show; default: the first
-            ``max_coords``.
-        max_coords: number of coordinates shown when ``coords`` is not given.
-        labels: legend labels of the two sets.
-        max_points: scatter at most this many draws per set (a fixed random subset).
-        bins: bins of the diagonal histograms.
-
-    Returns:
-        The ``(k, k)`` array of ``Axes`` (upper triangle hidden), or the single ``Axes``.
-
-    Raises:
-        ValueError: unknown coordinates, fewer than two coordinates, or a wrong ``ax``.
-
-    Example:
-        >>> import numpy as np
-        >>> rng = np.random.default_rng(0)
-        >>> axes = plot_pairs(rng.normal(size=(100, 3)), rng.normal(size=(100, 3)))
-        >>> axes.shape
-        (3, 3)
-    """
-    sets = [_columns(samples_before)]
-    if samples_after is not None:
-        sets.append(_columns(samples_after))
-    chosen = _chosen_coordinates(sets, coords, max_coords)
-    draws = [{c: _subsample(s[c], max_points) for c in chosen} for s in sets]
-    if ax is not None and not isinstance(ax, (np.ndarray, list, tuple)):
-        return _scatter_first_pair(ax, draws, chosen, labels)
-
-    limits = {c: _plot_range([s[c] for s in sets]) for c in chosen}
-    k = len(chosen)
-    if ax is None:
-        _, axes = plt.subplots(k, k, figsize=(2.3 * k + 0.5, 2.3 * k), layout="constrained")
-    else:
-        axes = np.asarray(ax, dtype=object)
-        if axes.shape != (k, k):
-            raise ValueError(
-                f"need a ({k}, {k}) array of Axes for {k} coordinates, got {axes.shape}"
-            )
-    for r in range(k):
-        for c in range(k):
-            if c > r:
-                axes[r, c].set_visible(False)
-            elif r == c:
-                _draw_marginal(axes[r, c], [s[chosen[r]] for s in sets], limits[chosen[r]], bins)
-            else:
-                _draw_pair(axes[r, c], [(d[chosen[c]], d[chosen[r]]) for d in draws])
-            if c <= r:
-                _label_corner_panel(axes[r, c], r, c, chosen)
-    _share_corner_limits(axes, chosen, limits)
-    if len(sets) > 1:
-        handles = [Patch(color=_PAIR_COLORS[i], label=labels[i]) for i in range(len(sets))]
-        axes[0, 0].figure.legend(handles=handles, loc="upper right", frameon=False)
-    return axes
-
-
-def _chosen_coordinates(sets, coords, max_coords: int) -> list[str]:
-    """Names of the shown coordinates, checked against every sample set."""
-    names = list(sets[0])
-    if coords is None:
-        chosen = names[:max_coords]
-    else:
-        chosen = [names[c] if isinstance(c, (int, np.integer)) else c for c in coords]
-    missing = [c for c in chosen if any(c not in s for s in sets)]
-    if missing:
-        raise ValueError(f"coordinates {missing} not in every sample set; available: {names}")
-    if len(chosen) < 2:
-        raise ValueError(f"a pair plot needs at least two coordinates, got {chosen}")
-    return chosen
-
-
-def _scatter_first_pair(ax, draws, chosen, labels):
-    """The single-Axes pair plot: a scatter of the first two coordinates of each set."""
-    cx, cy = chosen[:2]
-    for i, d in enumerate(draws):
-        ax.scatter(d[cx], d[cy], s=4, alpha=0.4, color=_PAIR_COLORS[i], label=labels[i], lw=0)
-    ax.set(xlabel=cx, ylabel=cy)
-    if len(draws) > 1:
-        ax.legend(frameon=False, markerscale=3)
-    return _style(ax)
-
-
-def _draw_marginal(ax, columns, limits, bins: int):
-    """Diagonal panel: step histograms of one coordinate, one per sample set."""
-    edges = np.linspace(*limits, bins + 1)
-    for i, column in enumerate(columns):
-        ax.hist(column, bins=edges, density=True, histtype="step", lw=1.5, color=_PAIR_COLORS[i])
-    ax.set_yticks([])
-
-
-def _draw_pair(ax, pairs):
-    """Lower panel: a scatter of ``(x, y)`` draws, one pair of columns per sample set."""
-    for i, (x, y) in enumerate(pairs):
-        ax.scatter(x, y, s=3, alpha=0.35, color=_PAIR_COLORS[i], lw=0)
-
-
-def _label_corner_panel(ax, r: int, c: int, chosen):
-    """Labels on the outer panels of the corner only; inner panels hide their tick labels."""
-    _style(ax, grid=False)
-    if r == len(chosen) - 1:
-        ax.set_xlabel(chosen[c])
-    else:
-        ax.tick_params(labelbottom=False)
-    if c == 0 and r > 0:
-        ax.set_ylabel(chosen[r])
-    elif c > 0:
-        ax.tick_params(labelleft=False)
-
-
-def _share_corner_limits(axes, chosen, limits):
-    """One range per coordinate, shared by its column and its row, so panels line up."""
-    for j, name in enumerate(chosen):
-        lo, hi = limits[name]
-        for r in range(j, len(chosen)):
-            axes[r, j].set_xlim(lo, hi)
-        for c in range(j):
-            axes[j, c].set_ylim(lo, hi)

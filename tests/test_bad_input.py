@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import numpyro_coupling as nc
-from numpyro_coupling import rbig, train
+from numpyro_coupling import rbig, rbig_coupling, train
 from numpyro_coupling.transformers import Affine, MixtureGaussianCDF, RQSpline
 
 KEY = jr.key(0)
@@ -163,12 +163,12 @@ def test_fit_rbig_rejects_nan_data():
     with pytest.raises(ValueError, match=r"NaN or inf \(first at row 3, column 1\)"):
         rbig.fit_rbig(_data_with_nan(), progress_bar=False)
     with pytest.raises(ValueError, match="NaN or inf"):
-        rbig.fit_rbig_coupling(_data_with_nan(), progress_bar=False)
+        rbig_coupling.fit_rbig_coupling(_data_with_nan(), progress_bar=False)
 
 
 def test_rbig_constant_columns():
     X = np.random.default_rng(0).normal(size=(200, 3))
     X[:, 1] = 2.0
-    for fit in (rbig.fit_rbig, rbig.fit_rbig_coupling):
+    for fit in (rbig.fit_rbig, rbig_coupling.fit_rbig_coupling):
         with pytest.raises(ValueError, match=r"column\(s\) \[1\] of X are constant"):
             fit(X, progress_bar=False)

@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 
 from numpyro_coupling import AffineCoupling, checkerboard_mask, coupling_flow, half_mask
 from numpyro_coupling import plot as ncplot
+from numpyro_coupling.pair_plot import plot_pairs
 
 
 @pytest.fixture(autouse=True)
@@ -172,10 +173,10 @@ def test_plot_mask_rejects_3d():
 # --- posterior samples -------------------------------------------------------------------
 def test_plot_pairs_arrays_and_dicts():
     rng = np.random.default_rng(0)
-    axes = ncplot.plot_pairs(rng.normal(size=(30, 5)), rng.normal(size=(30, 5)), max_coords=3)
+    axes = plot_pairs(rng.normal(size=(30, 5)), rng.normal(size=(30, 5)), max_coords=3)
     assert axes.shape == (3, 3) and not axes[0, 2].get_visible()
     before = {"v": rng.normal(size=30), "x": rng.normal(size=(30, 2))}
-    axes = ncplot.plot_pairs(before, coords=["v", "x[1]"])
+    axes = plot_pairs(before, coords=["v", "x[1]"])
     assert axes.shape == (2, 2) and axes[1, 0].get_xlabel() == "v"
     assert axes[1, 0].get_ylabel() == "x[1]"
 
@@ -184,20 +185,20 @@ def test_plot_pairs_on_given_axes():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(20, 2)), rng.normal(size=(20, 2))
     _, grid = plt.subplots(2, 2)
-    assert ncplot.plot_pairs(a, b, ax=grid) is grid
+    assert plot_pairs(a, b, ax=grid) is grid
     _, ax = plt.subplots()
-    assert ncplot.plot_pairs(a, b, ax=ax, labels=("nuts", "neutra")) is ax
+    assert plot_pairs(a, b, ax=ax, labels=("nuts", "neutra")) is ax
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["nuts", "neutra"]
     with pytest.raises(ValueError, match=r"\(2, 2\) array"):
-        ncplot.plot_pairs(a, ax=grid[:1])
+        plot_pairs(a, ax=grid[:1])
 
 
 def test_plot_pairs_bad_coords():
     z = np.zeros((10, 3))
     with pytest.raises(ValueError, match="not in every sample set"):
-        ncplot.plot_pairs({"a": z[:, 0]}, {"b": z[:, 0]})
+        plot_pairs({"a": z[:, 0]}, {"b": z[:, 0]})
     with pytest.raises(ValueError, match="at least two"):
-        ncplot.plot_pairs(z, coords=[0])
+        plot_pairs(z, coords=[0])
 
 
 def test_inspection_functions_are_not_plot_api():

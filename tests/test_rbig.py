@@ -16,15 +16,10 @@ from numpyro_coupling import (
     io,
 )
 from numpyro_coupling.information import entropy, mutual_information, total_correlation
-from numpyro_coupling.rbig import (
-    RBIGFlow,
-    RBIGLayers,
-    check_continuous,
-    dequantize_ties,
-    fit_gaussian_mixture,
-    fit_rbig,
-    fit_rbig_coupling,
-)
+from numpyro_coupling.mixture_em import fit_gaussian_mixture
+from numpyro_coupling.rbig import RBIGFlow, RBIGLayers, fit_rbig
+from numpyro_coupling.rbig_coupling import fit_rbig_coupling
+from numpyro_coupling.ties import check_continuous, dequantize_ties
 
 FAST = {"n_components": 4, "em_steps": 30, "progress_bar": False}
 
