@@ -266,7 +266,7 @@ def coupling_layers(
     if permutation not in PERMUTATIONS:
         raise ValueError(f"permutation must be one of {PERMUTATIONS}, got {permutation!r}")
     if not (isinstance(n_layers, int) and n_layers >= 1):
-        raise ValueError(f"n_layers must be an integer >= 1, got {n_layers!r}")
+        raise ValueError(f"n_layers must be >= 1 (an integer), got {n_layers!r}")
     if not (isinstance(linear_rank, int) and linear_rank >= 0):
         raise ValueError(f"linear_rank must be a non-negative integer, got {linear_rank!r}")
     shape = as_shape(shape)
@@ -333,8 +333,6 @@ def coupling_flow(key, shape, *, base_dist=None, **options) -> CouplingFlow:
         (3,)
     """
     shape = as_shape(shape)
-    if shape[-1:] == (1,) or len(shape) != 1:
-        raise ValueError(
-            f"coupling_flow needs vector events (d,) with at least 2 coordinates, got {shape}"
-        )
+    if len(shape) == 1 and shape[0] < 2:
+        raise ValueError(f"coupling_flow needs at least 2 event coordinates, got shape {shape}")
     return CouplingFlow(coupling_layers(key, shape, **options), base_dist)
