@@ -169,7 +169,8 @@ def gp_exp_quad_cov(x, alpha, rho):
     """Stan's ``gp_exp_quad_cov``: ``alpha^2 exp(-(x_i - x_j)^2 / (2 rho^2))``, ``(N, N)``.
 
     Example:
-        >>> gp_exp_quad_cov(jnp.array([0.0, 1.0]), 2.0, 1.0).round(3).tolist()
+        >>> cov = gp_exp_quad_cov(jnp.array([0.0, 1.0]), 2.0, 1.0)
+        >>> np.asarray(cov, dtype=float).round(3).tolist()
         [[4.0, 2.426], [2.426, 4.0]]
     """
     d = x[:, None] - x[None, :]
