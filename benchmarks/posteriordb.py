@@ -1,0 +1,374 @@
+"""Reference posteriors: six posteriordb posteriors translated from Stan, and two exact ones.
+
+Each entry of :data:`POSTERIORS` holds a NumPyro model whose keyword arguments are the names
+of its Stan data block, the loader of those data, and the loader of reference draws
+``site -> (n_draws, *site_shape)`` in the model's own (constrained) parameters.
+
+The posteriordb files (``models/*.stan``, ``data/*.json.zip``,
+``reference_draws/*.json.zip``) are looked up in :func:`posteriordb_dir`: the
+``POSTERIORDB`` environment variable, else ``../shared/posteriordb`` beside the repository.
+
+Translation rules: the same priors, constraints and parameterisation as the Stan program;
+an improper flat Stan prior is an :class:`ImproperUniform` over the parameter's support;
+a Stan ``transformed data`` block is computed in the model from the data (constants under
+``jit``); Stan's transformed parameters that the reference draws hold are
+``numpyro.deterministic`` sites; generated quantities that the reference lacks are left out.
+Stan drops the normalising constants of ``~`` statements; NumPyro keeps them: the
+posteriors are the same.
+
+The two synthetic posteriors are Gaussian, so their reference draws are exact:
+
+* ``uncentred_regression``: ``y = alpha + beta * year + noise`` with known noise sd, years
+  1950-2010 (the covariate is not centred: ``alpha`` and ``beta`` correlate at about
+  -0.99996 and their posterior sds differ by a factor of about 2000);
+* ``ill_conditioned_gaussian``: a 10-D Gaussian whose covariance has condition number 1e8
+  (log-spaced eigenvalues 1e-4 ... 1e4 along a random rotation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+#: Draws in each exact reference (as many as posteriordb's 10 chains x 1000).
+EXACT_DRAWS = 10_000
+
+
+def posteriordb_dir() -> Path:
+    """Where the posteriordb files are: ``$POSTERIORDB`` or ``<repo>/../shared/posteriordb``."""
+    env = os.environ.get("POSTERIORDB")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "posteriordb"
+
+
+def _read_zipped_json(path: Path):
+    with zipfile.ZipFile(path) as z:
+        (name,) = z.namelist()
+        return json.loads(z.read(name))
+
+
+def load_data(data_name: str, root: Path | None = None) -> dict:
+    """The data of ``data/<data_name>.json.zip`` as numpy arrays (ints stay Python ints).
+
+    Example:
+        >>> data = load_data("eight_schools")  # doctest: +SKIP
+        >>> data["J"], data["y"].shape  # doctest: +SKIP
+        (8, (8,))
+    """
+    raw = _read_zipped_json((root or posteriordb_dir()) / "data" / f"{data_name}.json.zip")
+    return {k: v if isinstance(v, int) else np.asarray(v) for k, v in raw.items()}
+
+
+def split_stan_name(name: str) -> tuple[str, tuple[int, ...]]:
+    """``"theta[3]"`` -> ``("theta", (2,))`` (Stan's 1-based index, made 0-based).
+
+    Example:
+        >>> split_stan_name("b[2,1]"), split_stan_name("sigma")
+        (('b', (1, 0)), ('sigma', ()))
+    """
+    if "[" not in name:
+        return name, ()
+    site, index = name[:-1].split("[")
+    return site, tuple(int(i) - 1 for i in index.split(","))
+
+
+def stan_draws_to_sites(chains: list[dict]) -> dict:
+    """Stan-named draws of several chains -> ``site -> (n_draws, *site_shape)`` arrays.
+
+    Args:
+        chains: one dict per chain, Stan parameter name (``"theta[1]"``) -> list of draws.
+
+    Returns:
+        dict site -> array whose first axis runs over the chains' draws, one chain after
+        the other.
+
+    Example:
+        >>> chains = [{"mu": [0.0, 1.0], "theta[1]": [1, 2], "theta[2]": [3, 4]}]
+        >>> {k: v.tolist() for k, v in stan_draws_to_sites(chains).items()}
+        {'mu': [0.0, 1.0], 'theta': [[1.0, 3.0], [2.0, 4.0]]}
+    """
+    columns = {name: np.concatenate([c[name] for c in chains]) for name in chains[0]}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in columns:
+        site, index = split_stan_name(name)
+        shapes[site] = tuple(max(a, i + 1) for a, i in zip(shapes.get(site, index), index))
+    n = len(next(iter(columns.values())))
+    out = {site: np.full((n, *shape), np.nan) for site, shape in shapes.items()}
+    for name, values in columns.items():
+        site, index = split_stan_name(name)
+        out[site][(slice(None), *index)] = values
+    return out
+
+
+def load_reference(posterior_name: str, root: Path | None = None) -> dict:
+    """Reference draws of ``reference_draws/<posterior_name>.json.zip`` by NumPyro site."""
+    root = root or posteriordb_dir()
+    return stan_draws_to_sites(
+        _read_zipped_json(root / "reference_draws" / f"{posterior_name}.json.zip")
+    )
+
+
+def _flat(support, event_shape=()):
+    """An improper flat prior over ``support`` (Stan's parameter without a ``~``)."""
+    return dist.ImproperUniform(support, (), event_shape)
+
+
+# --------------------------------------------------------------------------------------
+# Stan models (keyword arguments: the Stan data block)
+# --------------------------------------------------------------------------------------
+
+
+def eight_schools_centered(J, y, sigma):
+    """``models/eight_schools_centered.stan``."""
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    theta = numpyro.sample("theta", dist.Normal(mu, tau).expand([J]).to_event(1))
+    numpyro.sample("y", dist.Normal(theta, jnp.asarray(sigma)).to_event(1), obs=jnp.asarray(y))
+
+
+def eight_schools_noncentered(J, y, sigma):
+    """``models/eight_schools_noncentered.stan`` (``theta`` is a transformed parameter)."""
+    theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0).expand([J]).to_event(1))
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    theta = numpyro.deterministic("theta", theta_trans * tau + mu)
+    numpyro.sample("y", dist.Normal(theta, jnp.asarray(sigma)).to_event(1), obs=jnp.asarray(y))
+
+
+def diamonds(N, Y, K, X, prior_only):
+    """``models/diamonds.stan`` (brms): centred design without its intercept column.
+
+    ``sigma ~ student_t(3, 0, 10)`` on ``sigma > 0`` with Stan's ``- student_t_lccdf(0 | ...)``
+    correction is the Student-t truncated to the positive half-line, which for a Student-t
+    centred at 0 is the folded one, ``|t|`` (NumPyro's truncated Student-t cannot sample
+    without tensorflow_probability; the densities are equal).
+    """
+    X = jnp.asarray(X)
+    means_x = X[:, 1:].mean(axis=0)
+    xc = X[:, 1:] - means_x
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0).expand([K - 1]).to_event(1))
+    intercept = numpyro.sample("Intercept", dist.StudentT(3.0, 8.0, 10.0))
+    sigma = numpyro.sample("sigma", dist.FoldedDistribution(dist.StudentT(3.0, 0.0, 10.0)))
+    if not prior_only:
+        numpyro.sample("Y", dist.Normal(intercept + xc @ b, sigma).to_event(1), obs=jnp.asarray(Y))
+
+
+def gp_exp_quad_cov(x, alpha, rho):
+    """Stan's ``gp_exp_quad_cov``: ``alpha^2 exp(-(x_i - x_j)^2 / (2 rho^2))``, ``(N, N)``.
+
+    Example:
+        >>> cov = gp_exp_quad_cov(jnp.array([0.0, 1.0]), 2.0, 1.0)
+        >>> np.asarray(cov, dtype=float).round(3).tolist()
+        [[4.0, 2.426], [2.426, 4.0]]
+    """
+    d = x[:, None] - x[None, :]
+    return alpha**2 * jnp.exp(-0.5 * (d / rho) ** 2)
+
+
+def gp_pois_regr(N, x, k, **unused):
+    """``models/gp_pois_regr.stan`` (``f`` is a transformed parameter).
+
+    The data file also holds a ``y`` that the Stan program does not declare: ignored.
+    """
+    x = jnp.asarray(x, dtype=float)
+    rho = numpyro.sample("rho", dist.Gamma(25.0, 4.0))
+    alpha = numpyro.sample("alpha", dist.HalfNormal(2.0))
+    f_tilde = numpyro.sample("f_tilde", dist.Normal(0.0, 1.0).expand([N]).to_event(1))
+    cov = gp_exp_quad_cov(x, alpha, rho) + 1e-10 * jnp.eye(N)
+    f = numpyro.deterministic("f", jnp.linalg.cholesky(cov) @ f_tilde)
+    numpyro.sample("k", dist.Poisson(jnp.exp(f)).to_event(1), obs=jnp.asarray(k))
+
+
+def lag_matrix(y, K):
+    """``(T - K, K)`` matrix whose row ``t`` holds ``y[t + K - 1], ..., y[t]`` (lags 1..K).
+
+    Example:
+        >>> lag_matrix(np.arange(5.0), 2).tolist()
+        [[1.0, 0.0], [2.0, 1.0], [3.0, 2.0]]
+    """
+    T = len(y)
+    return np.stack([np.asarray(y)[K - k : T - k] for k in range(1, K + 1)], axis=1)
+
+
+def arK(K, T, y):
+    """``models/arK.stan``: ``y[t] ~ normal(alpha + sum_k beta[k] y[t-k], sigma)``, t > K."""
+    y = np.asarray(y, dtype=float)
+    alpha = numpyro.sample("alpha", dist.Normal(0.0, 10.0))
+    beta = numpyro.sample("beta", dist.Normal(0.0, 10.0).expand([K]).to_event(1))
+    sigma = numpyro.sample("sigma", dist.HalfCauchy(2.5))
+    mu = alpha + jnp.asarray(lag_matrix(y, K)) @ beta
+    numpyro.sample("y", dist.Normal(mu, sigma).to_event(1), obs=jnp.asarray(y[K:T]))
+
+
+def logearn_interaction(N, earn, height, male):
+    """``models/logearn_interaction.stan``: flat priors on ``beta`` and ``sigma > 0``."""
+    log_earn = jnp.log(jnp.asarray(earn, dtype=float))
+    height = jnp.asarray(height, dtype=float)
+    male = jnp.asarray(male, dtype=float)
+    inter = height * male
+    beta = numpyro.sample("beta", _flat(constraints.real, (4,)))
+    sigma = numpyro.sample("sigma", _flat(constraints.positive))
+    mu = beta[0] + beta[1] * height + beta[2] * male + beta[3] * inter
+    numpyro.sample("log_earn", dist.Normal(mu, sigma).to_event(1), obs=log_earn)
+
+
+# --------------------------------------------------------------------------------------
+# Exact synthetic posteriors
+# --------------------------------------------------------------------------------------
+
+
+def uncentred_regression_data() -> dict:
+    """61 yearly observations, 1950-2010, of ``y = -30 + 0.015 year + N(0, 0.1^2)``."""
+    year = np.arange(1950.0, 2011.0)
+    noise = np.random.default_rng(20240601).normal(0.0, 0.1, year.shape)
+    return {"year": year, "y": -30.0 + 0.015 * year + noise, "noise_sd": 0.1, "prior_sd": 1e3}
+
+
+def uncentred_regression(year, y, noise_sd, prior_sd):
+    """Bayesian linear regression on the uncentred covariate ``year``, known noise sd."""
+    alpha = numpyro.sample("alpha", dist.Normal(0.0, prior_sd))
+    beta = numpyro.sample("beta", dist.Normal(0.0, prior_sd))
+    mu = alpha + beta * jnp.asarray(year)
+    numpyro.sample("y", dist.Normal(mu, noise_sd).to_event(1), obs=jnp.asarray(y))
+
+
+def regression_posterior(year, y, noise_sd, prior_sd):
+    """Exact Gaussian posterior of :func:`uncentred_regression`: ``(mean (2,), cov (2, 2))``.
+
+    Example:
+        >>> mean, cov = regression_posterior(**uncentred_regression_data())
+        >>> corr = cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])
+        >>> bool(corr < -0.9999)
+        True
+    """
+    design = np.stack([np.ones_like(year), year], axis=1)
+    precision = design.T @ design / noise_sd**2 + np.eye(2) / prior_sd**2
+    cov = np.linalg.inv(precision)
+    return cov @ (design.T @ y / noise_sd**2), cov
+
+
+def uncentred_regression_reference(n: int = EXACT_DRAWS) -> dict:
+    """``n`` exact posterior draws of :func:`uncentred_regression` by site."""
+    mean, cov = regression_posterior(**uncentred_regression_data())
+    draws = np.random.default_rng(1).multivariate_normal(mean, cov, size=n, method="cholesky")
+    return {"alpha": draws[:, 0], "beta": draws[:, 1]}
+
+
+def ill_conditioned_data(dim: int = 10, condition: float = 1e8) -> dict:
+    """Mean and covariance of a ``dim``-D Gaussian with the given condition number.
+
+    Eigenvalues log-spaced from ``condition**-0.5`` to ``condition**0.5`` along a random
+    rotation (QR of a Gaussian matrix, signs fixed), mean drawn from ``N(0, I)``.
+
+    Example:
+        >>> cov = ill_conditioned_data()["cov"]
+        >>> float(np.round(np.log10(np.linalg.cond(cov)), 3))
+        8.0
+    """
+    rng = np.random.default_rng(20240602)
+    q, r = np.linalg.qr(rng.normal(size=(dim, dim)))
+    q = q * np.sign(np.diag(r))
+    eig = np.logspace(-0.5 * np.log10(condition), 0.5 * np.log10(condition), dim)
+    cov = (q * eig) @ q.T
+    return {"mean": rng.normal(size=dim), "cov": 0.5 * (cov + cov.T)}
+
+
+def ill_conditioned_gaussian(mean, cov):
+    """``x ~ MultivariateNormal(mean, cov)``, one 10-D site."""
+    numpyro.sample("x", dist.MultivariateNormal(jnp.asarray(mean), jnp.asarray(cov)))
+
+
+def ill_conditioned_reference(n: int = EXACT_DRAWS) -> dict:
+    """``n`` exact draws of :func:`ill_conditioned_gaussian`."""
+    data = ill_conditioned_data()
+    # eigh rather than Cholesky: exact along the tiny eigenvalues too.
+    eig, vec = np.linalg.eigh(data["cov"])
+    z = np.random.default_rng(2).normal(size=(n, len(eig)))
+    return {"x": data["mean"] + (z * np.sqrt(np.clip(eig, 0, None))) @ vec.T}
+
+
+# --------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """One benchmark posterior.
+
+    Attributes:
+        model: NumPyro model taking the data as keyword arguments.
+        data: loader of those keyword arguments.
+        reference: loader of the reference draws, ``site -> (n_draws, *site_shape)``.
+        source: where the posterior comes from (posteriordb name or "exact").
+        to_latent: where the reference holds transformed parameters in place of some
+            latent sites, ``(data, point) -> latent values`` of one point (``None``: the
+            reference's sites are the latent sites).
+    """
+
+    model: Callable
+    data: Callable[[], dict]
+    reference: Callable[[], dict]
+    source: str
+    to_latent: Callable[[dict, dict], dict] | None = None
+
+
+def _pdb(model, data_name, reference_name, to_latent=None) -> Posterior:
+    return Posterior(
+        model,
+        cache(lambda: load_data(data_name)),
+        cache(lambda: load_reference(reference_name)),
+        reference_name,
+        to_latent,
+    )
+
+
+def _eight_schools_latent(data, point):
+    theta_trans = (point["theta"] - point["mu"]) / point["tau"]
+    return {"theta_trans": theta_trans, "mu": point["mu"], "tau": point["tau"]}
+
+
+def _gp_latent(data, point):
+    x = jnp.asarray(data["x"], dtype=float)
+    cov = gp_exp_quad_cov(x, point["alpha"], point["rho"]) + 1e-10 * jnp.eye(data["N"])
+    f_tilde = jnp.linalg.solve(jnp.linalg.cholesky(cov), point["f"])
+    return {"rho": point["rho"], "alpha": point["alpha"], "f_tilde": f_tilde}
+
+
+POSTERIORS = {
+    # The reference of the centred model is the non-centred one's (same mu, tau, theta).
+    "eight_schools_centered": _pdb(
+        eight_schools_centered, "eight_schools", "eight_schools-eight_schools_noncentered"
+    ),
+    "diamonds": _pdb(diamonds, "diamonds", "diamonds-diamonds"),
+    "gp_pois_regr": _pdb(gp_pois_regr, "gp_pois_regr", "gp_pois_regr-gp_pois_regr", _gp_latent),
+    "arK": _pdb(arK, "arK", "arK-arK"),
+    "logearn_interaction": _pdb(logearn_interaction, "earnings", "earnings-logearn_interaction"),
+    "eight_schools_noncentered": _pdb(
+        eight_schools_noncentered,
+        "eight_schools",
+        "eight_schools-eight_schools_noncentered",
+        _eight_schools_latent,
+    ),
+    "uncentred_regression": Posterior(
+        uncentred_regression,
+        uncentred_regression_data,
+        cache(uncentred_regression_reference),
+        "exact",
+    ),
+    "ill_conditioned_gaussian": Posterior(
+        ill_conditioned_gaussian, ill_conditioned_data, cache(ill_conditioned_reference), "exact"
+    ),
+}

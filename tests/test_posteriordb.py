@@ -1,0 +1,65 @@
+"""The reference posteriors' NumPyro translations trace and have a finite log density."""
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from numpyro import handlers
+from numpyro.infer import init_to_uniform
+from numpyro.infer.util import log_density
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import posteriordb  # noqa: E402
+
+PDB = posteriordb.posteriordb_dir()
+NAMES = list(posteriordb.POSTERIORS)
+
+
+def _needs_files(name):
+    if posteriordb.POSTERIORS[name].source != "exact" and not PDB.is_dir():
+        pytest.skip(f"posteriordb files not found at {PDB} (set POSTERIORDB to their folder)")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_traces_and_log_density_finite_at_reference_mean(name, x64):
+    _needs_files(name)
+    entry = posteriordb.POSTERIORS[name]
+    data, reference = entry.data(), entry.reference()
+    point = {k: v.mean(0) for k, v in reference.items()}
+    if entry.to_latent is not None:
+        point = entry.to_latent(data, point)
+    # Values from init_to_uniform: the flat priors' ImproperUniform cannot be sampled.
+    seeded = handlers.substitute(handlers.seed(entry.model, 0), substitute_fn=init_to_uniform)
+    trace = handlers.trace(seeded).get_trace(**data)
+    latent = {k for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
+    assert latent == set(point)
+    for k in reference:  # the reference's sites are the model's, with the same shapes
+        assert jax.numpy.shape(trace[k]["value"]) == reference[k].shape[1:], k
+    lp, _ = log_density(entry.model, (), data, point)
+    assert np.isfinite(float(lp))
+
+
+def test_stan_names_map_to_sites():
+    chains = [
+        {"b[1]": [1.0], "b[2]": [2.0], "s": [3.0]},
+        {"b[1]": [4.0], "b[2]": [5.0], "s": [6.0]},
+    ]
+    sites = posteriordb.stan_draws_to_sites(chains)
+    assert sites["b"].tolist() == [[1.0, 2.0], [4.0, 5.0]]
+    assert sites["s"].tolist() == [3.0, 6.0]
+
+
+def test_exact_references_match_their_gaussians():
+    mean, cov = posteriordb.regression_posterior(**posteriordb.uncentred_regression_data())
+    draws = posteriordb.uncentred_regression_reference()
+    x = np.stack([draws["alpha"], draws["beta"]], axis=1)
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(x.mean(0) - mean) / sd < 0.05)
+    assert np.allclose(np.corrcoef(x.T)[0, 1], cov[0, 1] / (sd[0] * sd[1]), atol=1e-5)
+    data = posteriordb.ill_conditioned_data()
+    g = posteriordb.ill_conditioned_reference()["x"]
+    assert np.all(np.abs(g.mean(0) - data["mean"]) / np.sqrt(np.diag(data["cov"])) < 0.05)
