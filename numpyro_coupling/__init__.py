@@ -16,6 +16,12 @@ from .coupling import (
     MixtureGaussianCDFCoupling,
     RQSplineCoupling,
 )
+from .diagnostics import (
+    DiagnosticWarning,
+    chain_diagnostics,
+    guide_diagnostics,
+    importance_diagnostics,
+)
 from .elementwise import Elementwise
 from .flows import (
     PERMUTATIONS,
@@ -28,9 +34,19 @@ from .flows import (
 from .guide import AutoCouplingFlow
 from .information import entropy, mutual_information, total_correlation
 from .io import IncompatibleFormatError, load, save
-from .linear import ActNorm1D, Flip, HouseholderRotation, LULinear, Permute, Rotation, mixing_layer
+from .linear import (
+    ActNorm1D,
+    DenseAffine,
+    Flip,
+    HouseholderRotation,
+    LULinear,
+    Permute,
+    Rotation,
+    mixing_layer,
+)
 from .masks import alternating_mask, bit_masks, checkerboard_mask, half_mask
-from .neutra import neutra_mcmc, neutra_nuts, nuts_mcmc, sampling_efficiency
+from .neutra import GUIDE_DRAWS, neutra_mcmc, neutra_nuts, nuts_mcmc, sampling_efficiency
+from .preconditioning import gaussian_fit
 from .rbig import RBIGFlow, RBIGLayers, fit_rbig
 from .rbig_coupling import fit_rbig_coupling
 from .sites import unconstrained_draws
@@ -56,6 +72,7 @@ from .transformers import (
 
 __all__ = [
     "COUPLINGS",
+    "GUIDE_DRAWS",
     "MLP",
     "PERMUTATIONS",
     "TRANSFORMERS",
@@ -69,6 +86,8 @@ __all__ = [
     "Chain",
     "Coupling",
     "CouplingFlow",
+    "DenseAffine",
+    "DiagnosticWarning",
     "Elementwise",
     "FitState",
     "Flip",
@@ -97,6 +116,7 @@ __all__ = [
     "as_key",
     "as_shape",
     "bit_masks",
+    "chain_diagnostics",
     "checkerboard_mask",
     "coupling_flow",
     "coupling_layers",
@@ -107,8 +127,11 @@ __all__ = [
     "fit_rbig_coupling",
     "flow_from_params",
     "flow_module",
+    "gaussian_fit",
+    "guide_diagnostics",
     "guide_optimizer",
     "half_mask",
+    "importance_diagnostics",
     "load",
     "make_transformer",
     "mixing_layer",

@@ -129,7 +129,7 @@ class GuideFitState(NamedTuple):
         last_params: the last iterate's (constrained) parameters.
         svi_state: NumPyro's ``SVIState`` after the last step.
         n_grads: gradients of the model's log density the fit spent (one per step and
-            particle), the unit NUTS is costed in.
+            particle, and the guide's Gaussian fit), the unit NUTS is costed in.
     """
 
     last_params: dict
@@ -278,7 +278,7 @@ def fit_guide(
     last = svi.get_params(carry.state)
     params = svi.constrain_fn(carry.average) if average else last
     if return_state:
-        n_grads = steps * int(num_particles)
+        n_grads = steps * int(num_particles) + int(getattr(guide, "precondition_grads", 0))
         return guide, params, np.concatenate(losses), GuideFitState(last, carry.state, n_grads)
     return guide, params, np.concatenate(losses)
 
