@@ -273,7 +273,9 @@ def scaling_rows(dims, n_steps):
         guides = {
             "AutoIAFNormal (2 flows, hidden [D,D])": iaf,
             "AutoCouplingFlow affine (default)": AutoCouplingFlow(model, transformer="loc_scale"),
-            "AutoCouplingFlow spline (default)": AutoCouplingFlow(model, transformer="loc_scale_spline"),
+            "AutoCouplingFlow spline (default)": AutoCouplingFlow(
+                model, transformer="loc_scale_spline"
+            ),
         }
         # A coupling guide with as many parameters as the IAF guide.
         iaf_svi = SVI(model, iaf, numpyro.optim.Adam(1e-3), Trace_ELBO())

@@ -34,17 +34,22 @@ from .rbig_coupling import fit_rbig_coupling
 from .sites import discrete_latent_sites, prototype_trace, unconstrained_draws
 from .transformers import make_transformer
 
-__all__ = ["MAX_AUTO_DENSE_DIM", "PRECONDITIONS", "AutoCouplingFlow"]
+__all__ = ["MAX_AUTO_DENSE_DIM", "DENSE_CONDITION", "PRECONDITIONS", "AutoCouplingFlow"]
 
 #: The guide's conditioner defaults (see the autoguide docs for what they were chosen on).
 _INPUT_BOUND = 5.0
 
 #: ``precondition=`` choices of :class:`AutoCouplingFlow`.
-PRECONDITIONS = ("auto", "gaussian", None)
+PRECONDITIONS = ("auto", "dense", None)
 
-#: ``precondition="auto"`` fits the dense Gaussian up to this many latent dimensions (its
+#: ``precondition="auto"`` fits the Gaussian up to this many latent dimensions (its
 #: variational fit costs ``4 d`` gradients an iteration and ``d^2`` parameters).
 MAX_AUTO_DENSE_DIM = 200
+
+#: ``precondition="auto"`` starts from the fitted Gaussian (a dense layer) when the
+#: condition number of its correlation matrix exceeds this (two coordinates correlated at
+#: 0.98 give 99), and from ``N(init_loc, init_scale^2)`` otherwise.
+DENSE_CONDITION = 100.0
 
 
 def _checked_init_scale(value) -> float | str:
@@ -60,6 +65,12 @@ def _checked_init_scale(value) -> float | str:
     if not (scale > 0 and np.isfinite(scale)):
         raise ValueError(f"init_scale must be 'auto' or a positive number, got {value!r}")
     return scale
+
+
+def _condition_number(chol) -> float:
+    """The condition number of ``chol @ chol.T`` (its singular values' squared ratio)."""
+    singular = np.linalg.svd(np.asarray(chol, dtype=float), compute_uv=False)
+    return float((singular[0] / singular[-1]) ** 2)
 
 
 class _MemoInvert(Invert):
@@ -195,15 +206,18 @@ class AutoCouplingFlow(AutoContinuous):
         linear_rank: rank of the linear path from a conditioner's inputs to the
             log-scales (``0``: none).
         init_loc_fn: per-site initialisation of ``loc`` (a NumPyro init strategy).
-        precondition: ``"gaussian"``: before the couplings, a fixed dense affine layer
-            ``x = m + L u`` carries the posterior's location, scales and correlations,
-            fitted when the guide is first called
+        precondition: a Gaussian fitted to the posterior when the guide is first called
             (:func:`~numpyro_coupling.preconditioning.gaussian_fit`: Laplace, then a
-            full-rank variational Gaussian), so the guide starts as that Gaussian and a
-            posterior that is Gaussian up to an affine map is solved before SVI starts;
-            its gradients are counted in ``precondition_grads``. ``"auto"`` (default):
-            the same up to :data:`MAX_AUTO_DENSE_DIM` latent dimensions, none beyond;
-            ``None``: none (the guide starts as ``N(init_loc, init_scale^2)``).
+            full-rank variational Gaussian; its gradients are counted in
+            ``precondition_grads``). ``"dense"``: a fixed affine layer ``x = m + L u``
+            before the couplings carries its location, scales and correlations, so the
+            guide starts as that Gaussian and a posterior that is Gaussian up to an affine
+            map is solved before SVI starts. ``"auto"`` (default): the same where the
+            fitted correlations are strong (a correlation matrix of condition number above
+            :data:`DENSE_CONDITION`) and up to :data:`MAX_AUTO_DENSE_DIM` latent
+            dimensions; elsewhere the guide starts as with ``None``:
+            ``N(init_loc, init_scale^2)``, the couplings working in the model's own
+            coordinates, where hierarchical dependencies stay simple.
         init_scale: without a Gaussian fit, the initial ``scale``: a positive number for
             every coordinate, or ``"auto"``: the inverse square root of the diagonal of the negative
             log-density's Hessian at the initial location, clipped to ``[1e-4, 5]``.
@@ -334,9 +348,14 @@ class AutoCouplingFlow(AutoContinuous):
                 fit = self._gaussian_fit(jr.fold_in(key, 2), dtype)
             self.precondition_grads = int(fit.n_grad)
             if bool(fit.ok):
-                # The guide starts as the fitted Gaussian: its loc/scale act after it.
-                self.gaussian = fit
-                loc, scale = jnp.zeros(d, dtype), jnp.ones(d, dtype)
+                sd = jnp.sqrt(jnp.sum(fit.chol**2, axis=-1))
+                if self.precondition == "dense" or (
+                    self.precondition == "auto"
+                    and _condition_number(fit.chol / sd[:, None]) > DENSE_CONDITION
+                ):
+                    # The guide starts as the fitted Gaussian: its loc/scale act after it.
+                    self.gaussian = fit
+                    loc, scale = jnp.zeros(d, dtype), jnp.ones(d, dtype)
         self._init_loc, self._init_scale_vec = loc, scale
         flow_params, self._flow_static = eqx.partition(layers, eqx.is_inexact_array)
         # Arrays, not the module: numpyro.param would call a module as an initialiser.
@@ -415,7 +434,7 @@ class AutoCouplingFlow(AutoContinuous):
     def _wants_gaussian(self) -> bool:
         if self.warm_start is not None or self.precondition is None:
             return False
-        return self.precondition == "gaussian" or self.latent_dim <= MAX_AUTO_DENSE_DIM
+        return self.precondition != "auto" or self.latent_dim <= MAX_AUTO_DENSE_DIM
 
     def _gaussian_fit(self, key, dtype):
         def potential(x):

@@ -268,11 +268,11 @@ def gaussian_fit(potential, x0, key, *, n_draws: int | None = None) -> GaussianF
 
     Example:
         >>> import jax.numpy as jnp, jax.random as jr
-        >>> cov = jnp.array([[1.0, 0.999], [0.999, 1.0]]) * jnp.array([1.0, 1e4])[:, None]
-        >>> cov = 0.5 * (cov + cov.T)
+        >>> sd = jnp.array([1.0, 100.0])  # scales a hundred times apart, correlation 0.99
+        >>> cov = jnp.array([[1.0, 0.99], [0.99, 1.0]]) * sd[:, None] * sd[None, :]
         >>> prec = jnp.linalg.inv(cov)
         >>> fit = gaussian_fit(lambda x: 0.5 * x @ prec @ x, jnp.ones(2), jr.key(0))
-        >>> bool(fit.ok), bool(jnp.allclose(fit.chol @ fit.chol.T, cov, rtol=1e-3))
+        >>> bool(fit.ok), bool(jnp.allclose(fit.chol @ fit.chol.T, cov, rtol=1e-2))
         (True, True)
     """
     lap = laplace_fit(potential, x0)

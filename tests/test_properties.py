@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from numpyro_coupling.transformers import MixtureGaussianCDF, RQSpline
+from numpyro_coupling.transformers import MixtureGaussianCDF, RQSpline, soft_clamp
 
 from registry import TRANSFORMERS
 
@@ -59,7 +59,7 @@ settings.register_profile(
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 N_POINTS = 32  # inputs per example (fixed, so each evaluator compiles once)
-N_RAW = 24  # >= every transformer's n_params; each takes the first n_params entries
+N_RAW = max(t.n_params for t in TRANSFORMERS.values())  # each takes its first n_params
 C = 64.0
 INTERVAL = TRANSFORMERS["spline"].interval
 
@@ -165,6 +165,12 @@ def _evaluator(name, precision):
     return jax.jit(evaluate)
 
 
+def _spline_error_scales(t, p):
+    xk, yk, dk = t._knots(p)
+    slopes = jnp.diff(yk) / jnp.diff(xk)
+    return jnp.asarray(t.interval, p.dtype), jnp.maximum(1.0, jnp.maximum(dk.max(), slopes.max()))
+
+
 def _error_scales(name, p):
     """``(B, S)`` of the module docstring, traced inside the evaluator.
 
@@ -173,11 +179,13 @@ def _error_scales(name, p):
     """
     t = TRANSFORMERS[name]
     if name == "spline":
-        xk, yk, dk = t._knots(p)
-        slopes = jnp.diff(yk) / jnp.diff(xk)
-        return jnp.asarray(t.interval, p.dtype), jnp.maximum(
-            1.0, jnp.maximum(dk.max(), slopes.max())
-        )
+        return _spline_error_scales(t, p)
+    if name == "loc_scale_spline":
+        # The spline acts on (x - shift) e^-s: its offsets, in x, are the shift and the
+        # interval scaled back by e^s (and, in y, the interval); its slopes scale by e^-s.
+        log_scale = soft_clamp(p[1], t.log_scale_bound)
+        b, s = _spline_error_scales(t._spline, p[2:])
+        return jnp.abs(p[0]) + b * (1.0 + jnp.exp(log_scale)), s * jnp.exp(-log_scale)
     if name == "mixture":
         # The map also passes through probabilities and quantiles of order one.
         return 1.0 + jnp.max(jnp.abs(t.unpack(p)[1])), jnp.zeros((), p.dtype)
