@@ -34,7 +34,7 @@ from .rbig_coupling import fit_rbig_coupling
 from .sites import discrete_latent_sites, prototype_trace, unconstrained_draws
 from .transformers import make_transformer
 
-__all__ = ["MAX_AUTO_DENSE_DIM", "DENSE_CONDITION", "PRECONDITIONS", "AutoCouplingFlow"]
+__all__ = ["DENSE_CONDITION", "MAX_AUTO_DENSE_DIM", "PRECONDITIONS", "AutoCouplingFlow"]
 
 #: The guide's conditioner defaults (see the autoguide docs for what they were chosen on).
 _INPUT_BOUND = 5.0
