@@ -10,6 +10,8 @@ evaluation (``get_posterior(...).log_prob``) runs ``T`` in one pass.
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 import weakref
 
 import equinox as eqx
@@ -307,13 +309,16 @@ class AutoCouplingFlow(AutoContinuous):
         if discrete:
             raise ValueError(
                 f"{type(self).__name__} needs continuous latent sites; the model has discrete "
-                f"latent sites {discrete}. Marginalise them out (e.g. enumerate with "
-                "funsor) or use a guide for discrete variables."
+                f"latent sites {discrete}. Marginalise them out: mark them "
+                "infer={'enumerate': 'parallel'}, hide them from this guide with "
+                f"{type(self).__name__}(numpyro.handlers.block(model, hide={discrete})) and "
+                "fit with TraceEnum_ELBO (needs funsor)."
             )
         super()._setup_prototype(*args, **kwargs)
         self._model_args = (args, kwargs)
         dtype = jnp.result_type(float, self._init_latent)
         d = self.latent_dim
+        self._warn_about_coverage(d)
         key = numpyro.prng_key()
         key = jr.key(0) if key is None else key
         if self.warm_start is not None:
@@ -430,6 +435,20 @@ class AutoCouplingFlow(AutoContinuous):
             # A fixed layer (no numpyro.param): the Gaussian the fit started from.
             layers.insert(0, DenseAffine(self.gaussian.loc, self.gaussian.chol))
         return Chain(layers)
+
+    def _warn_about_coverage(self, dim: int):
+        # Past C(2p, p) coordinates the bits masks repeat codes: some pairs never meet.
+        covered = math.comb(2 * (self.n_layers // 2), self.n_layers // 2)
+        bits = self.permutation == "bits" and self.warm_start is None and self.n_layers >= 2
+        if bits and dim > covered:
+            warnings.warn(
+                f"{self.n_layers} coupling layers condition every coordinate on every other "
+                f"one up to {covered} latent dimensions, and this model has {dim}: some "
+                "pairs of coordinates never meet in a coupling. Raise n_layers (10 covers "
+                "252, 12 covers 924, 14 covers 3432).",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _wants_gaussian(self) -> bool:
         if self.warm_start is not None or self.precondition is None:
