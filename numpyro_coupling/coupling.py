@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .bijection import Bijection
+from .checks import as_shape
 from .conditioners import MLP
 from .masks import as_mask
 from .transformers import Additive, Affine, MixtureGaussianCDF, RQSpline, Transformer
@@ -66,7 +67,7 @@ class Coupling(Bijection):
         zero_init: bool = True,
         dtype=None,
     ):
-        shape = tuple(int(s) for s in shape)
+        shape = as_shape(shape)
         mask = as_mask(shape, mask, flip).reshape(-1)
         self.shape = shape
         self.transformer = transformer

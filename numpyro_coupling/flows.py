@@ -64,7 +64,7 @@ class StandardNormal(dist.Distribution):
     pytree_aux_fields = ("dtype",)
 
     def __init__(self, shape, dtype=None, *, validate_args=None):
-        shape = tuple(int(s) for s in shape)
+        shape = as_shape(shape)
         self.dtype = jnp.dtype(dtype or jnp.zeros(()).dtype).name
         super().__init__(batch_shape=(), event_shape=shape, validate_args=validate_args)
 

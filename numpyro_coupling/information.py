@@ -29,6 +29,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import jax.random as jr
 
+from .checks import as_key
 from .rbig import RBIGFlow, fit_rbig
 from .ties import check_continuous, dequantize_ties
 
@@ -45,7 +46,7 @@ INFORMATION_DEFAULTS = {
 
 def _fit(X, key, dequantize, rbig_kw) -> RBIGFlow:
     kw = {**INFORMATION_DEFAULTS, **rbig_kw}
-    return fit_rbig(X, jr.key(0) if key is None else key, dequantize=dequantize, **kw)
+    return fit_rbig(X, as_key(key), dequantize=dequantize, **kw)
 
 
 def _as_2d(X, name):
@@ -153,7 +154,7 @@ def mutual_information(X, Y, *, key=None, dequantize: bool = False, **rbig_kw) -
         raise ValueError(
             f"X and Y must have the same number of rows, got {X.shape[0]}, {Y.shape[0]}"
         )
-    key = jr.key(0) if key is None else key
+    key = as_key(key)
     if dequantize:
         # One draw of the noise for all three fits; fold_in keeps the rotation keys.
         XY = dequantize_ties(jnp.concatenate([X, Y], 1), jr.fold_in(key, 1))

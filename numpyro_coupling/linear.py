@@ -11,6 +11,7 @@ import jax.random as jr
 import numpy as np
 
 from .bijection import Bijection
+from .checks import as_shape
 
 __all__ = [
     "MIXINGS",
@@ -27,7 +28,7 @@ __all__ = [
 
 
 def _vector_shape(shape, name):
-    shape = tuple(int(s) for s in shape)
+    shape = as_shape(shape)
     if len(shape) != 1 or shape[0] < 1:
         raise ValueError(f"{name} acts on vector events (d,), got shape {shape}")
     return shape

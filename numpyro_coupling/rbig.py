@@ -40,6 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .bijection import Bijection, Chain
+from .checks import as_key
 from .elementwise import Elementwise
 from .flows import CouplingFlow
 from .linear import ActNorm1D, FrozenMatrix, HouseholderRotation, Rotation
@@ -399,7 +400,7 @@ def fit_greedy_layers(
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     if patience < 1 or max_layers < 1:
         raise ValueError(f"patience and max_layers must be >= 1, got {patience}, {max_layers}")
-    key = jr.key(0) if key is None else key
+    key = as_key(key)
     widths = grid_widths(np.asarray(X, dtype=np.float64)) if dequantize else None
     if widths is not None:
         # fold_in: the noise gets its own key, and the rotations the ones they had.

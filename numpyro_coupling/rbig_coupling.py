@@ -17,6 +17,7 @@ import jax.random as jr
 import numpy as np
 
 from .bijection import Chain
+from .checks import as_key
 from .coupling import MixtureGaussianCDFCoupling
 from .linear import Flip
 from .rbig import RBIGFlow, fit_greedy_layers
@@ -104,7 +105,7 @@ def fit_rbig_coupling(
     X = jnp.asarray(X)
     if X.ndim != 2 or X.shape[1] < 2:
         raise ValueError(f"fit_rbig_coupling needs (n, d) data with d >= 2, got {X.shape}")
-    key = jr.key(0) if key is None else key
+    key = as_key(key)
     fit_key, net_key = jr.split(key)
     actnorm, transformer, rotations, _, params, reductions, marginal_entropy, _ = fit_greedy_layers(
         X,
