@@ -375,7 +375,7 @@ def guide_diagnostics(guide, params, key, num_draws: int = 2000) -> ImportanceDi
         ...     numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
         >>> guide, params, _ = fit_guide(model, steps=10, progress_bar=False)
         >>> diag = guide_diagnostics(guide, params, jr.key(0))
-        >>> diag.k_hat < 0.5, round(diag.log_z, 1)  # the guide starts (near) exact: Z = 1
+        >>> bool(diag.k_hat < 0.5), abs(round(diag.log_z, 1))  # the guide starts exact: Z = 1
         (True, 0.0)
     """
     return importance_diagnostics(*guide_log_weights(guide, params, key, num_draws))
