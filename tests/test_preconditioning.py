@@ -4,8 +4,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from numpyro_coupling.linear import DenseAffine
 from numpyro_coupling.preconditioning import (
-    DenseAffine,
     gaussian_vi_fit,
     laplace_fit,
     whitened_normal_draws,
@@ -111,3 +111,71 @@ def test_dense_affine_whitens_and_inverts(x64):
 def test_dense_affine_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="chol"):
         DenseAffine(jnp.zeros(3), jnp.eye(2))
+
+
+def test_the_guide_starts_as_the_fit_of_an_ill_conditioned_gaussian(x64):
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import SVI, Trace_ELBO
+
+    from numpyro_coupling import AutoCouplingFlow
+
+    mean, cov = _ill_conditioned_gaussian(d=6)
+
+    def model():
+        numpyro.sample("x", dist.MultivariateNormal(jnp.asarray(mean), jnp.asarray(cov)))
+
+    guide = AutoCouplingFlow(model, n_layers=2, nn_width=8)
+    svi = SVI(model, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+    params = svi.get_params(svi.init(jr.key(0)))
+    # Strong correlations: the fitted Gaussian is held by a dense layer, the couplings start
+    # at the identity, so the guide before any SVI step is that Gaussian, and it is exact.
+    assert guide.gaussian is not None and guide.precondition_grads > 0
+    fit = guide.gaussian
+    assert _gaussian_kl(fit.loc, fit.chol, mean, cov) < 1e-6
+    draws = guide.get_posterior(params).sample(jr.key(1), (20000,))
+    z = np.linalg.solve(np.linalg.cholesky(cov), (np.asarray(draws) - mean).T)
+    np.testing.assert_allclose(np.cov(z), np.eye(6), atol=0.05)  # whitened by the true cov
+    # Without the fit the guide starts as N(init_loc, 1): far off in every direction.
+    plain = AutoCouplingFlow(model, n_layers=2, nn_width=8, precondition=None)
+    SVI(model, plain, numpyro.optim.Adam(1e-3), Trace_ELBO()).init(jr.key(0))
+    assert plain.gaussian is None and plain.precondition_grads == 0
+    with pytest.raises(ValueError, match="precondition"):
+        AutoCouplingFlow(model, precondition="full")
+
+
+def test_neutra_warns_about_a_guide_that_misses_mass():
+    import numpyro
+    import numpyro.distributions as dist
+
+    from numpyro_coupling import DiagnosticWarning, neutra_mcmc
+
+    def narrow():  # a guide started at scale 1 and barely fitted is far too wide here
+        numpyro.sample("x", dist.Normal(0.0, 0.01).expand([3]).to_event(1))
+
+    with pytest.warns(DiagnosticWarning, match="misses posterior mass"):
+        _, idata = neutra_mcmc(
+            narrow,
+            guide={"n_layers": 1, "nn_width": 4, "precondition": None},
+            fit_kwargs={"steps": 2},
+            num_warmup=20,
+            num_samples=20,
+            progress_bar=False,
+        )
+    assert idata.attrs["guide_ess"] < 0.1 * 2000
+    assert any("misses posterior mass" in w for w in idata.attrs["warnings"])
+
+
+def test_chain_warnings_name_the_remedy():
+    from numpyro_coupling.diagnostics import ChainDiagnostics, DiagnosticWarning, warn_about_chains
+
+    bad = ChainDiagnostics(2, 500, 7, 0.2, 40.0, 1.05)
+    with pytest.warns(DiagnosticWarning) as record:
+        messages = warn_about_chains(bad, neutra=True)
+    assert len(messages) == len(record) == 4
+    assert "target_accept_prob" in messages[0] and "maximum tree depth" in messages[1]
+    assert "R-hat" in messages[2] and "ESS" in messages[3]
+    assert (
+        warn_about_chains(ChainDiagnostics(1, 1000, 0, 0.0, 500.0, float("nan")), neutra=False)
+        == []
+    )
