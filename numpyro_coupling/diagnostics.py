@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
+from numpyro.distributions import TransformedDistribution
 
 __all__ = [
     "ChainDiagnostics",
@@ -357,9 +358,16 @@ def guide_log_weights(guide, params, key, num_draws: int = 2000):
 
     @jax.jit
     def weights(key):
-        x = posterior.sample(key, (num_draws,))
+        if isinstance(posterior, TransformedDistribution):
+            # The forward pass's own log-dets: a flow without an analytic inverse (NumPyro's
+            # BNAF) is scored too, and no flow runs twice.
+            x, intermediates = posterior.sample_with_intermediates(key, (num_draws,))
+            log_q = posterior.log_prob(x, intermediates)
+        else:
+            x = posterior.sample(key, (num_draws,))
+            log_q = posterior.log_prob(x)
         log_p = -jax.vmap(lambda v: guide._potential_fn(guide._unpack_latent(v)))(x)
-        return log_p, posterior.log_prob(x)
+        return log_p, log_q
 
     log_p, log_q = weights(key)
     return np.asarray(log_p, dtype=float), np.asarray(log_q, dtype=float)

@@ -533,3 +533,19 @@ def test_guide_optimizer_decays_and_validates():
     for bad in ({"schedule": "linear"}, {"clip_norm": 0.0}, {"final_fraction": 0.0}):
         with pytest.raises(ValueError):
             guide_optimizer(0.1, 50, **bad)
+
+
+def test_guide_diagnostics_score_peer_guides_without_an_inverse():
+    from numpyro.infer.autoguide import AutoBNAFNormal
+
+    # NumPyro's BNAF has no analytic inverse: its draws are scored by their own log-dets.
+    _, idata = neutra_mcmc(
+        gaussian_2d,
+        guide=AutoBNAFNormal(gaussian_2d),
+        fit_kwargs={"steps": 20},
+        num_warmup=10,
+        num_samples=10,
+        progress_bar=False,
+    )
+    assert np.isfinite(idata.attrs["guide_k_hat"]) and idata.attrs["guide_ess"] > 0
+    assert np.isfinite(sampling_efficiency(idata)["k_hat"])
