@@ -366,12 +366,13 @@ class AutoCouplingFlow(AutoContinuous):
         # Arrays, not the module: numpyro.param would call a module as an initialiser.
         self._flow_init, self._unravel_flow = _pack_leaves(flow_params)
 
-    def _curvature_scale(self, key, fallback=1.0, bounds=(1e-4, 5.0), max_exact=1024):
-        def potential(x):
-            return self._potential_fn(self._unpack_latent(x))
+    def _flat_potential(self, x):
+        """The model's potential (negative log density) at a flat unconstrained latent ``x``."""
+        return self._potential_fn(self._unpack_latent(x))
 
+    def _curvature_scale(self, key, fallback=1.0, bounds=(1e-4, 5.0), max_exact=1024):
         x0 = self._init_latent
-        grad = jax.grad(potential)
+        grad = jax.grad(self._flat_potential)
 
         def hvp(v):
             return jax.jvp(grad, (x0,), (v,))[1]
@@ -456,10 +457,7 @@ class AutoCouplingFlow(AutoContinuous):
         return self.precondition != "auto" or self.latent_dim <= MAX_AUTO_DENSE_DIM
 
     def _gaussian_fit(self, key, dtype):
-        def potential(x):
-            return self._potential_fn(self._unpack_latent(x))
-
-        return jax.jit(lambda x, k: gaussian_fit(potential, x, k))(
+        return jax.jit(lambda x, k: gaussian_fit(self._flat_potential, x, k))(
             self._init_latent.astype(dtype), key
         )
 

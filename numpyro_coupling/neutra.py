@@ -19,6 +19,7 @@ from numpyro.infer.reparam import NeuTraReparam
 
 from .checks import as_key
 from .diagnostics import (
+    ChainDiagnostics,
     chain_diagnostics,
     guide_diagnostics,
     import_arviz,
@@ -351,7 +352,12 @@ def sampling_efficiency(idata) -> dict:
         included), ``ess_per_second`` and ``k_hat`` (the guide's Pareto k-hat; ``nan``
         without a guide).
     """
-    diag = chain_diagnostics(idata)
+    # The run's own diagnostics (made with its tree depth), else computed here.
+    stored = {k: idata.attrs[k] for k in ChainDiagnostics._fields if k in idata.attrs}
+    if len(stored) == len(ChainDiagnostics._fields):
+        diag = ChainDiagnostics(**stored)
+    else:
+        diag = chain_diagnostics(idata)
     n_grads = int(idata.sample_stats["n_steps"].values.sum())
     total = n_grads + int(idata.attrs.get("warmup_grads", 0)) + int(idata.attrs.get("svi_grads", 0))
     seconds = float(idata.attrs.get("mcmc_seconds", np.nan))
