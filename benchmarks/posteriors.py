@@ -53,19 +53,28 @@ RESULTS = HERE / "results"
 #: (posteriordb's references: about 10,000 for every coordinate; the exact ones: 10,000).
 REFERENCE_ESS = 10_000
 
+#: The lower quantile of log tau that says whether a chain reached a funnel's neck.
+NECK_QUANTILE = 0.005
+
 #: method -> (label, guide factory or None for plain NUTS)
 METHODS = {
     "nuts": ("plain NUTS", None),
     "ours": ("AutoCouplingFlow (defaults)", lambda model: None),
     "iaf": ("AutoIAFNormal (2 flows)", lambda model: AutoIAFNormal(model, num_flows=2)),
     "bnaf": ("AutoBNAFNormal", lambda model: AutoBNAFNormal(model)),
+    "ours-refine": ("AutoCouplingFlow, refined in warm-up", lambda model: None),
 }
+
+#: ``neutra_mcmc`` options of a method, and the method whose key it shares (the same SVI
+#: fit, so the rows differ only by the option).
+NEUTRA_OPTIONS = {"ours-refine": ({"refine": True}, "ours")}
 
 
 def row_key(seed: int, posterior: str, method: str):
     """A row's key, fixed by its posterior's and method's places in the registries: a
     subset of posteriors or methods reproduces the full run's rows."""
     key = jr.fold_in(jr.key(seed), list(posteriordb.POSTERIORS).index(posterior))
+    method = NEUTRA_OPTIONS.get(method, (None, method))[1]
     return jr.fold_in(key, list(METHODS).index(method))
 
 
@@ -165,7 +174,12 @@ def run_row(name: str, method: str, seed: int, args) -> dict:
         svi_seconds = 0.0
     else:
         _, idata = neutra_mcmc(
-            model, guide=make_guide(model), fit_kwargs={"steps": args.svi_steps}, key=key, **common
+            model,
+            guide=make_guide(model),
+            fit_kwargs={"steps": args.svi_steps},
+            key=key,
+            **NEUTRA_OPTIONS.get(method, ({}, None))[0],
+            **common,
         )
         svi_seconds = float(idata.attrs["svi_seconds"])
     efficiency = sampling_efficiency(idata)
@@ -187,6 +201,10 @@ def run_row(name: str, method: str, seed: int, args) -> dict:
     row["k_hat"] = efficiency["k_hat"]
     row["is_ess"] = float(idata.attrs.get("guide_ess", np.nan)) / GUIDE_DRAWS
     row["warned"] = "yes" if list(idata.attrs.get("warnings", [])) else "no"
+    if "tau" in reference:
+        # A hierarchical scale's neck: how far into it the chain went, against the reference.
+        row["neck"] = float(np.quantile(np.log(draws["tau"]), NECK_QUANTILE))
+        row["neck_ref"] = float(np.quantile(np.log(reference["tau"]), NECK_QUANTILE))
     return row
 
 
@@ -208,6 +226,8 @@ COLUMNS = [
     ("k_hat", "k_hat", "{:.2f}"),
     ("is_ess", "IS ESS", "{:.2f}"),
     ("warned", "warned", "{}"),
+    ("neck", "q0.5% log tau", "{:.2f}"),
+    ("neck_ref", "ref.", "{:.2f}"),
 ]
 
 

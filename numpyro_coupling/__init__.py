@@ -49,12 +49,14 @@ from .neutra import GUIDE_DRAWS, neutra_mcmc, neutra_nuts, nuts_mcmc, sampling_e
 from .preconditioning import gaussian_fit
 from .rbig import RBIGFlow, RBIGLayers, fit_rbig
 from .rbig_coupling import fit_rbig_coupling
+from .refinement import guide_scores, refine_guide, score_matching_loss
 from .sites import unconstrained_draws
 from .svi import (
     GuideFitState,
     SiteOrderedTraceELBO,
     fit_guide,
     guide_optimizer,
+    plateau_reached,
     temper_likelihood,
 )
 from .train import FitState, NonFiniteLossError, fit, flow_from_params, flow_module, partition_flow
@@ -130,6 +132,7 @@ __all__ = [
     "gaussian_fit",
     "guide_diagnostics",
     "guide_optimizer",
+    "guide_scores",
     "half_mask",
     "importance_diagnostics",
     "load",
@@ -140,8 +143,11 @@ __all__ = [
     "neutra_nuts",
     "nuts_mcmc",
     "partition_flow",
+    "plateau_reached",
+    "refine_guide",
     "sampling_efficiency",
     "save",
+    "score_matching_loss",
     "standard_normal",
     "temper_likelihood",
     "total_correlation",

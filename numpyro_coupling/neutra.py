@@ -26,6 +26,7 @@ from .diagnostics import (
     warn_about_chains,
     warn_about_guide,
 )
+from .refinement import guide_scores, refine_guide
 from .sites import latent_shapes, prototype_trace, unconstrained_draws
 from .svi import fit_guide
 
@@ -70,6 +71,57 @@ def _run_nuts(
     jax.block_until_ready(mcmc.get_samples())
     attrs = {"mcmc_seconds": time.perf_counter() - start, "warmup_grads": warmup_grads}
     return mcmc, attrs
+
+
+def _pilot_draws(
+    model, neutra, guide, args, model_kwargs, *, key, num_warmup, num_chains, nuts_kwargs
+):
+    """A NeuTra warm-up's own draws, flat and unconstrained: ``(draws, gradients spent)``.
+
+    The first fifth of each chain (the step size still settling) is dropped.
+    """
+    mcmc = MCMC(
+        NUTS(neutra.reparam(model), **(nuts_kwargs or {})),
+        num_warmup=num_warmup,
+        num_samples=1,
+        num_chains=num_chains,
+        chain_method=_chain_method(num_chains),
+        progress_bar=False,
+    )
+    mcmc.warmup(key, *args, collect_warmup=True, extra_fields=("num_steps",), **model_kwargs)
+    grads = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    z = mcmc.get_samples(group_by_chain=True)[f"{guide.prefix}_shared_latent"]
+    z = z[:, z.shape[1] // 5 :].reshape(-1, z.shape[-1])
+    return jax.vmap(neutra.transform)(z), grads
+
+
+def _refined(
+    model, guide, params, args, model_kwargs, *, refine, key, num_warmup, num_chains, nuts_kwargs
+):
+    """Refine ``params`` on a pilot warm-up (half of ``num_warmup``): ``(params, attrs)``."""
+    options = {} if refine is True else dict(refine)
+    pilot_key, refine_key = jr.split(key)
+    draws, pilot_grads = _pilot_draws(
+        model,
+        NeuTraReparam(guide, params),
+        guide,
+        args,
+        model_kwargs,
+        key=pilot_key,
+        num_warmup=num_warmup,
+        num_chains=num_chains,
+        nuts_kwargs=nuts_kwargs,
+    )
+    start = time.perf_counter()
+    scores = guide_scores(guide, draws)
+    params, losses = refine_guide(guide, params, draws, scores, key=refine_key, **options)
+    attrs = {
+        "refine_grads": pilot_grads + int(draws.shape[0]),
+        "refine_seconds": time.perf_counter() - start,
+        "refine_loss_first": float(np.mean(losses[: max(len(losses) // 10, 1)])),
+        "refine_loss_last": float(np.mean(losses[-max(len(losses) // 10, 1) :])),
+    }
+    return params, attrs
 
 
 def _chain_method(num_chains):
@@ -124,11 +176,18 @@ def neutra_nuts(
     key=None,
     progress_bar: bool = True,
     losses=None,
+    refine: bool | dict = False,
     nuts_kwargs: dict | None = None,
     mcmc_kwargs: dict | None = None,
     **model_kwargs,
 ):
     """NUTS on the geometry warped by a fitted guide (NumPyro's ``NeuTraReparam``).
+
+    With ``refine``, the first half of the warm-up is a pilot NeuTra run whose draws refit
+    the guide by score matching (:func:`~numpyro_coupling.refine_guide`), and NUTS then
+    adapts and samples on the refined guide in the second half; the pilot's gradients,
+    and one per draw for the scores, count as warm-up gradients
+    (``attrs["refine_grads"]``).
 
     Args:
         model: the NumPyro model.
@@ -141,18 +200,39 @@ def neutra_nuts(
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show NumPyro's progress bar.
         losses: optional SVI loss curve, stored in the ``svi`` group.
+        refine: refine the guide on a pilot warm-up: ``True``, or a dict of
+            :func:`~numpyro_coupling.refine_guide` options (``steps``,
+            ``learning_rate``, ``batch_size``); ``False``: no refinement.
         nuts_kwargs: extra ``NUTS`` arguments.
         mcmc_kwargs: extra ``MCMC`` arguments (e.g. ``chain_method``).
         **model_kwargs: model keyword arguments.
 
     Returns:
-        ``(mcmc, idata)``; ``mcmc.get_samples()`` holds the warped draws
+        ``(mcmc, idata)``; ``mcmc.guide_params`` holds the parameters NUTS ran on (the
+        refined ones with ``refine``); ``mcmc.get_samples()`` holds the warped draws
         (``{prefix}_shared_latent``); ``idata.posterior`` holds every latent site in the
         model's constrained space, ``idata.unconstrained_posterior`` the same draws
         unconstrained, ``idata.sample_stats`` ``diverging``/``n_steps``/... and
         ``idata.attrs["mcmc_seconds"]`` the wall time.
     """
     key, diag_key = jr.split(as_key(key))
+    refine_key = jr.fold_in(diag_key, 1)
+    refine_attrs = {}
+    if refine:
+        pilot = num_warmup // 2
+        params, refine_attrs = _refined(
+            model,
+            guide,
+            params,
+            args,
+            model_kwargs,
+            refine=refine,
+            key=refine_key,
+            num_warmup=pilot,
+            num_chains=num_chains,
+            nuts_kwargs=nuts_kwargs,
+        )
+        num_warmup -= pilot
     # Checked before NUTS starts: a guide that misses mass is warned about at once.
     guide_diag = guide_diagnostics(guide, params, diag_key, GUIDE_DRAWS)
     guide_warnings = warn_about_guide(guide_diag, GUIDE_DRAWS)
@@ -173,11 +253,13 @@ def neutra_nuts(
     posterior = neutra.transform_sample(z)
     x = jax.vmap(jax.vmap(neutra.transform))(z)
     unconstrained = jax.vmap(jax.vmap(guide._unpack_latent))(x)
-    attrs |= {f"guide_{k}": v for k, v in guide_diag._asdict().items()}
+    attrs |= {f"guide_{k}": v for k, v in guide_diag._asdict().items()} | refine_attrs
+    attrs["warmup_grads"] += refine_attrs.get("refine_grads", 0)
     idata = _idata(
         posterior, unconstrained, mcmc, losses, attrs, nuts_kwargs=nuts_kwargs, neutra=True
     )
     idata.attrs["warnings"] = guide_warnings + idata.attrs["warnings"]
+    mcmc.guide, mcmc.guide_params = guide, params
     return mcmc, idata
 
 
@@ -191,6 +273,7 @@ def neutra_mcmc(
     num_chains: int = 1,
     key=None,
     progress_bar: bool = True,
+    refine: bool | dict = False,
     nuts_kwargs: dict | None = None,
     mcmc_kwargs: dict | None = None,
     **model_kwargs,
@@ -205,12 +288,15 @@ def neutra_mcmc(
             ``AutoCouplingFlow`` defaults.
         fit_kwargs: options of :func:`~numpyro_coupling.fit_guide` (``steps``,
             ``learning_rate``, ``average``, ``schedule``, ``clip_norm``, ``temper``,
-            ``num_particles``).
+            ``num_particles``, ``plateau``).
         num_warmup: NUTS warmup iterations per chain.
         num_samples: NUTS draws per chain.
         num_chains: chains.
         key: PRNG key (default ``jax.random.key(0)``), split between the fit and NUTS.
         progress_bar: show progress bars.
+        refine: refine the guide by score matching on a pilot NeuTra warm-up (the first
+            half of ``num_warmup``): ``True`` or :func:`~numpyro_coupling.refine_guide`
+            options; see :func:`neutra_nuts`.
         nuts_kwargs: extra ``NUTS`` arguments, e.g. ``{"target_accept_prob": 0.95}``.
         mcmc_kwargs: extra ``MCMC`` arguments (e.g. ``chain_method``).
         **model_kwargs: model keyword arguments.
@@ -262,13 +348,13 @@ def neutra_mcmc(
         key=mcmc_key,
         progress_bar=progress_bar,
         losses=losses,
+        refine=refine,
         nuts_kwargs=nuts_kwargs,
         mcmc_kwargs=mcmc_kwargs,
         **model_kwargs,
     )
     idata.attrs["svi_seconds"] = svi_seconds
     idata.attrs["svi_grads"] = fit_state.n_grads
-    mcmc.guide, mcmc.guide_params = guide, params
     return mcmc, idata
 
 

@@ -23,8 +23,14 @@ __all__ = [
     "SiteOrderedTraceELBO",
     "fit_guide",
     "guide_optimizer",
+    "plateau_reached",
     "temper_likelihood",
 ]
+
+
+#: The shortest window the plateau rule judges (shorter fits run all their steps): its
+#: standard errors need a few hundred losses.
+MIN_PLATEAU_WINDOW = 100
 
 
 def guide_optimizer(
@@ -148,6 +154,7 @@ def fit_guide(
     clip_norm: float | None = 10.0,
     temper=None,
     num_particles: int = 1,
+    plateau: float | None = 0.1,
     key=None,
     progress_bar: bool = True,
     return_state: bool = False,
@@ -183,6 +190,14 @@ def fit_guide(
             restarts the learning-rate schedule, and only the final fit is averaged.
         num_particles: guide draws per step whose ELBO terms are averaged (vectorised);
             more lower the gradient noise, which sets a flow guide's final KL.
+        plateau: stop the final fit early once its loss has stopped falling, then cool
+            down: once a window of ``plateau * steps`` steps (e.g. ``0.1``) can gain
+            at most 0.02 nats of ELBO over the one before it (:func:`plateau_reached`),
+            the fit ends, and a last phase of a quarter of the
+            steps taken (at least one window) decays the step size to the schedule's
+            floor, averaged as the fit would have been. ``steps`` is then a cap. Fits
+            whose window would be under ``MIN_PLATEAU_WINDOW`` (100) steps, and ``None``,
+            run every step.
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show a progress bar.
         return_state: also return a :class:`GuideFitState` (the last iterate).
@@ -216,6 +231,8 @@ def fit_guide(
         raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
     if average is not None and not 0 <= average <= 1:
         raise ValueError(f"average must be a fraction in [0, 1] or None, got {average}")
+    if plateau is not None and not 0 < plateau <= 0.5:
+        raise ValueError(f"plateau must be a fraction in (0, 0.5] or None, got {plateau}")
     betas = [float(b) for b in (temper or ())]
     if not all(0.0 < b < 1.0 for b in betas):
         raise ValueError(f"temper must hold inverse temperatures in (0, 1), got {temper!r}")
@@ -245,42 +262,115 @@ def fit_guide(
     def view(state):
         return svi.optim.get_params(state.optim_state)
 
+    def run_phase(svi, phase_key, init_params, beta_kwarg, n, phase_average, after_chunk):
+        state = svi.init(phase_key, *args, init_params=init_params, **beta_kwarg, **model_kwargs)
+        # Without a bar or a plateau rule a phase is one compiled scan; else chunks that
+        # divide every phase where they can (one compilation for all of them).
+        chunked = progress_bar or after_chunk is not None
+        chunk = chunk_length(n, max(min(steps // 50, 500), 1)) if chunked else n
+        carry, phase_losses, _ = run_chunks(
+            chunk_runner(step, view) if svi is not fit_svi else run_chunk,
+            start_carry(state, view),
+            (beta_kwarg,),
+            steps=n,
+            chunk=chunk,
+            decay=average_decay(phase_average, n),
+            halt=False,
+            bar=bar,
+            after_chunk=after_chunk,
+        )
+        return carry, phase_losses
+
+    fit_svi = svi
     run_chunk = chunk_runner(step, view)
     # (phase key, inverse temperature, steps, averaged) per phase, the final fit last.
     phases = [(jr.fold_in(key, i + 1), b, phase_steps, None) for i, b in enumerate(betas)]
-    phases.append((key, 1.0, steps - phase_steps * len(betas), average))
+    final_steps = steps - phase_steps * len(betas)
+    phases.append((key, 1.0, final_steps, average))
+    window = max(int((plateau or 0) * final_steps), 1)
 
     init_params, losses = None, []
     bar = training_bar(steps, enabled=progress_bar, desc="SVI")
     try:
-        for phase_key, beta, n, phase_average in phases:
+        for i, (phase_key, beta, n, phase_average) in enumerate(phases):
             beta_kwarg = {"_beta": jnp.asarray(beta, jnp.result_type(float))} if betas else {}
-            state = svi.init(
-                phase_key, *args, init_params=init_params, **beta_kwarg, **model_kwargs
-            )
-            # Without a bar a phase is one compiled scan; with one, chunks that divide
-            # every phase where they can (one compilation for all of them).
-            chunk = chunk_length(n, max(min(steps // 50, 500), 1)) if progress_bar else n
-            carry, phase_losses, _ = run_chunks(
-                run_chunk,
-                start_carry(state, view),
-                (beta_kwarg,),
-                steps=n,
-                chunk=chunk,
-                decay=average_decay(phase_average, n),
-                halt=False,
-                bar=bar,
+            final = i == len(phases) - 1
+            watched = plateau is not None and final and window >= MIN_PLATEAU_WINDOW
+            rule = _plateau_rule(window) if watched else None
+            carry, phase_losses = run_phase(
+                svi, phase_key, init_params, beta_kwarg, n, phase_average, rule
             )
             init_params = svi.get_params(carry.state)
             losses.append(phase_losses)
+        done = len(losses[-1])
+        if done < final_steps:
+            # Converged early: the step size has not decayed yet, so a short cool-down
+            # takes it from where the schedule stands to the schedule's floor.
+            cool = min(final_steps - done, max(window, done // 4))
+            peak = float(optax.cosine_decay_schedule(learning_rate, phase_steps, 0.1)(done))
+            peak = peak if schedule == "cosine" else learning_rate
+            cool_optim = guide_optimizer(
+                peak,
+                cool,
+                schedule=schedule,
+                final_fraction=min(0.1 * learning_rate / peak, 1.0),
+                clip_norm=clip_norm,
+            )
+            svi = SVI(svi.model, svi.guide, cool_optim, elbo)
+            carry, cool_losses = run_phase(
+                svi, jr.fold_in(key, 0), init_params, beta_kwarg, cool, average, None
+            )
+            losses.append(cool_losses)
     finally:
         bar.close()
     last = svi.get_params(carry.state)
     params = svi.constrain_fn(carry.average) if average else last
     if return_state:
-        n_grads = steps * int(num_particles) + int(getattr(guide, "precondition_grads", 0))
+        n_steps = sum(len(part) for part in losses)
+        n_grads = n_steps * int(num_particles) + int(getattr(guide, "precondition_grads", 0))
         return guide, params, np.concatenate(losses), GuideFitState(last, carry.state, n_grads)
     return guide, params, np.concatenate(losses)
+
+
+def plateau_reached(losses, window: int, *, tol: float = 0.02, n_se: float = 2.0) -> bool:
+    """Whether a noisy loss curve has stopped falling, to within ``tol`` per window.
+
+    True when even an optimistic reading of the last window's gain over the one before
+    it, their mean difference plus ``n_se`` standard errors (each window's spread over the
+    square root of its length), is at most ``tol``: the next window is not expected to
+    gain more. False while fewer than ``2 * window`` losses exist. A noisier curve must
+    run longer before it can be called flat.
+
+    Args:
+        losses: ``(n,)`` per-step losses (for SVI, negative ELBOs in nats).
+        window: steps per window.
+        tol: the gain per window that is not worth another window (in the losses' units).
+        n_se: standard errors added to the measured gain.
+
+    Example:
+        >>> import numpy as np
+        >>> noise = 0.1 * np.random.default_rng(0).normal(size=2000)
+        >>> plateau_reached(noise, 1000), plateau_reached(np.linspace(1, 0, 2000) + noise, 1000)
+        (True, False)
+    """
+    losses = np.asarray(losses, float)
+    if window < 2 or losses.shape[0] < 2 * window:
+        return False
+    before, last = losses[-2 * window : -window], losses[-window:]
+    se = np.sqrt((before.var(ddof=1) + last.var(ddof=1)) / window)
+    return bool(before.mean() - last.mean() + n_se * se <= tol)
+
+
+def _plateau_rule(window: int):
+    # ``run_chunks``'s after_chunk: stop once the curve so far has reached its plateau.
+    seen = []
+
+    def after_chunk(carry, chunk_losses):
+        seen.extend(np.asarray(chunk_losses).tolist())
+        stop = plateau_reached(seen, window)
+        return stop, ("converged" if stop else None)
+
+    return after_chunk
 
 
 class temper_likelihood(numpyro.primitives.Messenger):

@@ -216,6 +216,31 @@ def test_fit_guide_accepts_kwargs_and_instances():
         fit_guide(gaussian_2d, guide="spline", steps=1, progress_bar=False)
 
 
+def test_fit_guide_stops_on_a_plateau_and_counts_the_steps_it_took():
+    # The dense Gaussian start makes this guide exact: its loss is flat from the start.
+    guide = {"n_layers": 1, "nn_width": 4, "precondition": "dense"}
+    kw = dict(guide=guide, steps=3000, progress_bar=False)
+    _, _, losses, state = fit_guide(gaussian_2d, return_state=True, **kw)
+    # Two windows of 300 steps, then a cool-down of one window (a quarter of 600 is less).
+    assert losses.shape == (600 + 300,)
+    _, _, full, full_state = fit_guide(gaussian_2d, plateau=None, return_state=True, **kw)
+    assert full.shape == (3000,)
+    assert full_state.n_grads - state.n_grads == 3000 - 900
+    with pytest.raises(ValueError, match="plateau"):
+        fit_guide(gaussian_2d, plateau=0.9, **kw)
+
+
+def test_plateau_rule_needs_a_confident_fall():
+    from numpyro_coupling import plateau_reached
+
+    rng = np.random.default_rng(0)
+    flat, falling = rng.normal(size=4000), np.linspace(1.0, 0.0, 4000) + rng.normal(size=4000)
+    assert plateau_reached(0.01 * flat, 2000)
+    assert not plateau_reached(falling, 2000)
+    assert not plateau_reached(flat, 2000)  # too noisy to call a gain under 0.02 nats
+    assert not plateau_reached(flat[:3999], 2000)  # fewer than two windows
+
+
 def test_fit_guide_averages_num_particles_per_step():
     # With the parameters held nearly still, each step's loss is an estimate of one
     # fixed negative ELBO: averaging 64 draws shrinks its spread eightfold. (Without the
@@ -248,7 +273,7 @@ def two_modes():
 
 def test_tempering_keeps_both_modes():
     guide = {"transformer": "loc_scale_spline", "n_layers": 2, "nn_width": 8}
-    kw = dict(guide=guide, steps=1500, key=jr.key(1), progress_bar=False)
+    kw = dict(guide=guide, steps=1500, key=jr.key(1), progress_bar=False, plateau=None)
 
     def right_mode_share(temper):
         g, params, losses = fit_guide(two_modes, temper=temper, **kw)
