@@ -1,18 +1,22 @@
-"""A conditional flow p(y | u): heteroscedastic, bimodal regression noise.
+"""A conditional flow p(y | covariates): heteroscedastic, bimodal regression noise.
 
-The response is ``y = a + b u + eps`` where the noise ``eps`` given the covariate ``u`` is
-a two-component mixture whose modes drift apart, whose weights shift and whose spread grows
-with ``u``: no Gaussian (or any fixed-shape) likelihood fits it. A coupling flow built with
-``context_shape=(1,)`` is a density of ``y`` for each ``u``:
+The response is ``y = a + b v + eps``: linear in a covariate ``v``, with a noise ``eps``
+whose shape depends on a second covariate ``u``: a two-component mixture whose modes drift
+apart, whose weights shift and whose spread grows with ``u``. No Gaussian (or any
+fixed-shape) likelihood fits it. A coupling flow built with ``context_shape`` is a density
+of ``y`` for each context:
 
-* standalone, fitted by :func:`~numpyro_coupling.fit` with ``context=u`` to the pairs;
-* inside a NumPyro regression model, as the likelihood of the residuals ``y - b u``
-  (``numpyro.sample("y", noise.condition(u), obs=y - b * u)``, the flow registered with
-  :func:`~numpyro_coupling.flow_module`), the slope ``b`` and the flow learnt together by
-  SVI; the flow's own location plays the intercept ``a``.
+* standalone, ``p(y | u, v)`` fitted by :func:`~numpyro_coupling.fit` with
+  ``context=(u, v)`` to the data: the flow learns the shift by ``v`` too;
+* inside a NumPyro regression model, as the likelihood of the residuals ``y - b v`` given
+  ``u`` (``numpyro.sample("residual", noise.condition(u), obs=y - b * v)``, the flow
+  registered with :func:`~numpyro_coupling.flow_module`): the slope ``b`` and the noise
+  flow learnt together by SVI, the flow's own location playing the intercept ``a``. (The
+  slope of a covariate that is also the noise's context would not be identified: the flow
+  can shift with its context.)
 
-The figure shows the data and the conditional densities at a few covariates: the truth,
-the standalone fit and the in-model fit.
+The figure shows the data and the conditional densities ``p(y | u, v = 0)`` at a few
+``u``: the truth, the standalone fit and the in-model fit.
 
     python examples/conditional_regression.py --out figures
 """
@@ -47,10 +51,10 @@ def noise_params(u):
     return weight, gap, -gap, scale
 
 
-def true_log_density(y, u):
-    """``log p(y | u)`` of the simulated data."""
+def true_log_density(y, u, v):
+    """``log p(y | u, v)`` of the simulated data."""
     weight, upper, lower, scale = noise_params(u)
-    eps = y - TRUE_A - TRUE_B * u
+    eps = y - TRUE_A - TRUE_B * v
 
     def normal(m):
         return -0.5 * ((eps - m) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi)
@@ -59,20 +63,21 @@ def true_log_density(y, u):
 
 
 def simulate(n, seed=0):
-    """``u ~ U(-2, 2)``, ``y = a + b u + eps`` with the bimodal, heteroscedastic noise."""
+    """``u ~ U(-2, 2)``, ``v ~ N(0, 1)``, ``y = a + b v + eps`` with the noise at ``u``."""
     rng = np.random.default_rng(seed)
     u = rng.uniform(-2.0, 2.0, n)
+    v = rng.standard_normal(n)
     weight, upper, lower, scale = noise_params(u)
     mode = np.where(rng.random(n) < weight, upper, lower)
-    y = TRUE_A + TRUE_B * u + mode + scale * rng.standard_normal(n)
-    return u, y
+    y = TRUE_A + TRUE_B * v + mode + scale * rng.standard_normal(n)
+    return u, v, y
 
 
-def regression(u, y, noise0):
-    """``y - b u`` has the density of the noise flow at context ``u``."""
+def regression(u, v, y, noise0):
+    """``y - b v`` has the density of the noise flow at context ``u``."""
     b = numpyro.sample("b", dist.Normal(0.0, 10.0))
     noise = flow_module("noise", noise0)
-    numpyro.sample("residual", noise.condition(u[:, None]), obs=(y - b * u)[:, None])
+    numpyro.sample("residual", noise.condition(u[:, None]), obs=(y - b * v)[:, None])
 
 
 def main(argv=None):
@@ -85,22 +90,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.steps = 300, 100
-    u, y = simulate(args.n)
-    u_test, y_test = simulate(20_000, seed=1)
-    oracle = float(np.mean(true_log_density(y_test, u_test)))
+    u, v, y = simulate(args.n)
+    u_test, v_test, y_test = simulate(20_000, seed=1)
+    oracle = float(np.mean(true_log_density(y_test, u_test, v_test)))
 
-    def make_flow(key):
+    def make_flow(key, n_context):
         # A 1-D event: each layer is a spline of y whose parameters the context sets; the
         # interval (the spline is the identity outside it) covers the unstandardised y.
         return coupling_flow(
-            key, (1,), context_shape=(1,), n_layers=4, nn_width=32, n_bins=8, interval=5.0
+            key, (1,), context_shape=(n_context,), n_layers=4, nn_width=32, interval=5.0
         )
 
-    # ---- standalone: p(y | u) fitted to the pairs -------------------------------------
+    # ---- standalone: p(y | u, v) fitted to the data -----------------------------------
     standalone, _ = fit(
-        make_flow(jr.key(0)),
+        make_flow(jr.key(0), 2),
         y[:, None],
-        context=u[:, None],
+        context=np.stack([u, v], -1),
         key=jr.key(1),
         steps=args.steps,
         batch_size=256,
@@ -108,24 +113,25 @@ def main(argv=None):
         progress_bar=False,
     )
     log_p = jax.jit(lambda f, y, u: f.condition(u).log_prob(y))
-    test_ll = float(jnp.mean(log_p(standalone, y_test[:, None], u_test[:, None])))
+    test_context = np.stack([u_test, v_test], -1)
+    test_ll = float(jnp.mean(log_p(standalone, y_test[:, None], test_context)))
     print(f"standalone flow  test log-likelihood {test_ll:.3f}  (oracle {oracle:.3f})")
 
     # ---- inside a model: the slope and the noise flow by SVI ---------------------------
-    noise0 = make_flow(jr.key(2))
-    uj, yj = jnp.asarray(u), jnp.asarray(y)
+    noise0 = make_flow(jr.key(2), 1)
 
-    def model(u, y):
-        regression(u, y, noise0)
+    def model(u, v, y):
+        regression(u, v, y, noise0)
 
     guide = AutoDelta(model, init_loc_fn=init_to_value(values={"b": 0.0}))
     schedule = optax.cosine_onecycle_schedule(args.steps, args.lr)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
     svi = SVI(model, guide, optimizer, Trace_ELBO())
-    result = svi.run(jr.key(3), args.steps, uj, yj, progress_bar=False)
+    data = tuple(jnp.asarray(a) for a in (u, v, y))
+    result = svi.run(jr.key(3), args.steps, *data, progress_bar=False)
     b_hat = float(guide.median(result.params)["b"])
     noise = flow_from_params("noise", noise0, result.params)
-    resid_test = (y_test - b_hat * u_test)[:, None]
+    resid_test = (y_test - b_hat * v_test)[:, None]
     model_ll = float(jnp.mean(log_p(noise, resid_test, u_test[:, None])))
     print(
         f"in-model flow    slope b = {b_hat:.3f} (truth {TRUE_B}), test log-likelihood "
@@ -137,23 +143,22 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 1 + len(CONTEXTS), figsize=(16, 4.2), layout="constrained")
     ax = axes[0]
-    ax.scatter(u, y, s=2, alpha=0.3, color="0.3")
+    ax.scatter(u, y - TRUE_B * v, s=2, alpha=0.3, color="0.3")
     for u0 in CONTEXTS:
         ax.axvline(u0, color="tab:blue", lw=1, ls=":")
-    ax.set(title="data: y against u", xlabel="u", ylabel="y")
+    ax.set(title=f"data: y - {TRUE_B:g} v against u", xlabel="u", ylabel="y - b v")
+    grid = np.linspace(TRUE_A - 2.5, TRUE_A + 2.5, 600)
     for ax, u0 in zip(axes[1:], CONTEXTS):
-        center = TRUE_A + TRUE_B * u0
-        grid = np.linspace(center - 2.5, center + 2.5, 600)
-        context = jnp.full((len(grid), 1), u0)
-        truth = np.exp(true_log_density(grid, np.full_like(grid, u0)))
-        alone = np.exp(np.asarray(log_p(standalone, jnp.asarray(grid)[:, None], context)))
-        in_model = np.exp(
-            np.asarray(log_p(noise, jnp.asarray(grid - b_hat * u0)[:, None], context))
-        )
+        # At v = 0 the in-model density of y is the noise flow's at the residual y.
+        at_u = jnp.full((len(grid), 1), u0)
+        truth = np.exp(true_log_density(grid, np.full_like(grid, u0), 0.0))
+        at_uv = jnp.concatenate([at_u, jnp.zeros_like(at_u)], -1)
+        alone = np.exp(np.asarray(log_p(standalone, jnp.asarray(grid)[:, None], at_uv)))
+        in_model = np.exp(np.asarray(log_p(noise, jnp.asarray(grid)[:, None], at_u)))
         ax.fill_between(grid, truth, color="0.85", label="truth")
         ax.plot(grid, alone, color="tab:green", lw=1.8, label="flow, fitted standalone")
         ax.plot(grid, in_model, color="tab:purple", lw=1.4, ls="--", label="flow, in the model")
-        ax.set(title=f"p(y | u = {u0:g})", xlabel="y", yticks=[])
+        ax.set(title=f"p(y | u = {u0:g}, v = 0)", xlabel="y", yticks=[])
     axes[1].legend(fontsize=8, loc="upper left")
     fig.suptitle(
         f"Conditional coupling flow: test log-likelihood {test_ll:.3f} standalone, "
