@@ -277,6 +277,7 @@ def coupling_layers(
     linear_rank: int = 0,
     dtype=None,
     context_shape=None,
+    context_elementwise: bool = False,
     **transformer_kwargs,
 ) -> Chain:
     """A stack of coupling layers (data-to-latent order) as one :class:`~numpyro_coupling.Chain`.
@@ -291,8 +292,11 @@ def coupling_layers(
     couplings whose conditioners read the context alone.
 
     With ``context_shape`` every coupling's conditioner reads the context beside its
-    passive coordinates (a conditional stack, ``p(x | context)``); the other layers do not.
-    Zero-initialised, the stack starts as the same map for every context.
+    passive coordinates (a conditional stack, ``p(x | context)``); the mixing layers do
+    not. ``context_elementwise`` puts in front one more layer that transforms every
+    coordinate by parameters read from the context alone (a coupling with no passive
+    coordinate): a shift and reshaping of each coordinate by the context before any
+    coupling. Zero-initialised, the stack starts as the same map for every context.
 
     Args:
         key: PRNG key.
@@ -314,6 +318,9 @@ def coupling_layers(
         dtype: parameter dtype.
         context_shape: shape of the context the couplings read (an int ``c`` means
             ``(c,)``); ``None``: an unconditional stack.
+        context_elementwise: with a context, begin with an elementwise layer whose
+            parameters the context sets (its key is ``fold_in(key, n_layers)``, so the
+            other layers are those of the stack without it).
         **transformer_kwargs: the transformer's own options (``n_bins``, ``interval``,
             ``n_components``, ``log_scale_bound``).
 
@@ -342,9 +349,26 @@ def coupling_layers(
     (d,) = shape
     if d == 1 and context_shape is None:
         return Chain([Elementwise(shape, t, dtype=dtype) for _ in range(n_layers)])
+    if context_elementwise and context_shape is None:
+        raise ValueError("context_elementwise needs a context_shape")
     masks = bit_masks(d, n_layers) if permutation == "bits" and d > 1 else [None] * n_layers
     wrap = input_bound is not None or (linear_rank > 0 and t.log_scale_index is not None)
     layers = []
+    if context_elementwise:
+        layers.append(
+            Coupling(
+                jr.fold_in(key, n_layers),
+                shape=shape,
+                transformer=t,
+                mask=[True] * d,
+                nn_width=nn_width,
+                nn_depth=nn_depth,
+                activation=activation,
+                zero_init=zero_init,
+                dtype=dtype,
+                context_shape=context_shape,
+            )
+        )
     for k, mask in zip(jr.split(key, n_layers), masks):
         ck, pk = jr.split(k)
         if actnorm:

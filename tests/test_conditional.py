@@ -147,3 +147,16 @@ def test_save_and_load_conditional(tmp_path):
     np.testing.assert_array_equal(compute(loaded, x, c), compute(flow, x, c))
     given = load(save(tmp_path / "given.ncf", flow.condition(c)))
     np.testing.assert_array_equal(given.log_prob(x), flow.condition(c).log_prob(x))
+
+
+def test_context_elementwise_layer_in_front():
+    options = dict(n_layers=2, nn_width=8, context_shape=(2,))
+    plain = nc.coupling_layers(jr.key(0), 3, **options)
+    with_front = nc.coupling_layers(jr.key(0), 3, context_elementwise=True, **options)
+    front, *rest = with_front.bijections
+    assert front.passive_idx == () and front.active_idx == (0, 1, 2)
+    assert front.context_shape == (2,)
+    same = jax.tree.map(lambda a, b: bool((a == b).all()), nc.Chain(rest), plain)
+    assert all(jax.tree.leaves(same))  # the other layers are those of the plain stack
+    with pytest.raises(ValueError, match="context_elementwise needs a context_shape"):
+        nc.coupling_layers(jr.key(0), 3, context_elementwise=True)
