@@ -397,7 +397,7 @@ def _broadcast_passes(b, x, c):
 
 def test_conditional_batch_shapes():
     """Context and x batch axes broadcast (NumPy rules), as row-by-row evaluation does."""
-    b = build("conditional_stack", (4,))  # through every kind of layer of a stack
+    b = build("conditional_all_active", (4,))
     for x_batch, c_batch in [((), (6,)), ((2, 1), (3,))]:
         x = jr.normal(jr.key(2), (*x_batch, 4))
         c = jr.normal(jr.key(3), (*c_batch, *CONTEXT_SHAPE))
