@@ -419,6 +419,11 @@ def test_conditional_context_errors():
         nc.AffineCoupling(jr.key(0), shape=(4,)).transform(x, jnp.zeros(3))
     with pytest.raises(ValueError, match="at least one coordinate active and one passive"):
         nc.AffineCoupling(jr.key(0), shape=(4,), mask=[True] * 4)  # all active needs a context
+    with pytest.raises(ValueError, match="context was given, but Flip reads no context"):
+        nc.Flip((4,)).transform(x, jnp.zeros(3))
+    other = nc.AffineCoupling(jr.key(0), shape=(4,), context_shape=(2,))
+    with pytest.raises(ValueError, match="must read one context shape"):
+        nc.Chain([b, other])
 
 
 def test_conditional_zero_init_ignores_context():
