@@ -31,6 +31,7 @@ ARGS = {
     "masks": ["--steps", "600"],
     "depth": ["--steps", "400", "--depths", "1", "2", "4", "--probe-depths", "2", "4", "8"],
     "flow_in_model": ["--steps", "1500"],
+    "conditional_regression": ["--steps", "1500"],
     "rbig_warm_start": ["--steps", "1500"],
     **{
         name: [

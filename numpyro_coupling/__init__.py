@@ -5,7 +5,7 @@ coupling_flow, fit, AutoCouplingFlow, fit_guide, neutra_mcmc``.
 """
 
 from ._version import __version__
-from .bijection import Bijection, Chain, Invert
+from .bijection import Bijection, Chain, Conditioned, Invert
 from .checks import as_key, as_shape
 from .conditioners import MLP, GuideConditioner
 from .coupling import (
@@ -86,6 +86,7 @@ __all__ = [
     "AutoCouplingFlow",
     "Bijection",
     "Chain",
+    "Conditioned",
     "Coupling",
     "CouplingFlow",
     "DenseAffine",

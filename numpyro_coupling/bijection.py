@@ -14,6 +14,11 @@ Everything NumPyro asks for (``__call__``, ``_inverse``, ``log_abs_det_jacobian`
 ``call_with_intermediates``, ``domain``/``codomain``) is derived from these, and the log-det
 computed by a forward pass is handed back as the intermediates, so a
 ``TransformedDistribution`` evaluates each conditioner once.
+
+A *conditional* bijection (``context_shape`` not ``None``) takes a second argument,
+``transform_and_log_det(x, context)``: a map of ``x`` for each context. NumPyro's
+``Transform`` API has room for one argument only, so :class:`Conditioned` binds a context
+to it and is an ordinary bijection again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ import jax.numpy as jnp
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform
 
-__all__ = ["Bijection", "Chain", "Invert", "event_constraint", "one_program"]
+__all__ = [
+    "Bijection",
+    "Chain",
+    "Conditioned",
+    "Invert",
+    "check_context",
+    "event_constraint",
+    "one_program",
+    "reads_context",
+]
 
 
 def one_program(method):
@@ -72,11 +86,14 @@ class Bijection(Transform):
 
     Attributes:
         shape: the event shape the bijection acts on.
+        context_shape: the shape of the context a conditional bijection reads beside its
+            input (``None``: it reads none).
     """
 
     _params: tuple[str, ...] = ()
     _static: tuple[str, ...] = ("shape",)
     shape: tuple[int, ...] = ()
+    context_shape: tuple[int, ...] | None = None
 
     # --- to implement -------------------------------------------------------------
     def transform_and_log_det(self, x):
@@ -89,14 +106,14 @@ class Bijection(Transform):
 
     # --- the map or its inverse alone ---------------------------------------------
     @one_program
-    def transform(self, x):
-        """Forward map ``(*batch, *shape) -> (*batch, *shape)``."""
-        return self.transform_and_log_det(x)[0]
+    def transform(self, x, context=None):
+        """Forward map ``(*batch, *shape) -> (*batch, *shape)`` (``context``: if conditional)."""
+        return _with_context(self, "transform_and_log_det", x, context)[0]
 
     @one_program
-    def inverse(self, y):
-        """Inverse map ``(*batch, *shape) -> (*batch, *shape)``."""
-        return self.inverse_and_log_det(y)[0]
+    def inverse(self, y, context=None):
+        """Inverse map ``(*batch, *shape) -> (*batch, *shape)`` (``context``: if conditional)."""
+        return _with_context(self, "inverse_and_log_det", y, context)[0]
 
     # --- NumPyro Transform API ----------------------------------------------------
     @property
@@ -178,20 +195,30 @@ class Chain(Bijection):
             if not shapes:
                 raise ValueError("pass shape= for a Chain of plain NumPyro transforms")
             shape = shapes[0]
+        contexts = {b.context_shape for b in bijections if reads_context(b)}
+        if len(contexts) > 1:
+            raise ValueError(
+                f"the bijections of a Chain must read one context shape, got {sorted(contexts)}"
+            )
         self.bijections = bijections
         self.shape = tuple(shape)
 
-    def transform_and_log_det(self, x):
+    @property
+    def context_shape(self):
+        """The context shape its conditional members read (``None`` if none does)."""
+        return next((b.context_shape for b in self.bijections if reads_context(b)), None)
+
+    def transform_and_log_det(self, x, context=None):
         total = 0.0
         for b in self.bijections:
-            x, ld = _forward_and_log_det(b, x, len(self.shape))
+            x, ld = _forward_and_log_det(b, x, len(self.shape), context)
             total = total + ld
         return x, jnp.broadcast_to(total, jnp.shape(x)[: jnp.ndim(x) - len(self.shape)])
 
-    def inverse_and_log_det(self, y):
+    def inverse_and_log_det(self, y, context=None):
         total = 0.0
         for b in reversed(self.bijections):
-            y, ld = _inverse_and_log_det(b, y, len(self.shape))
+            y, ld = _inverse_and_log_det(b, y, len(self.shape), context)
             total = total + ld
         return y, jnp.broadcast_to(total, jnp.shape(y)[: jnp.ndim(y) - len(self.shape)])
 
@@ -241,15 +268,19 @@ class Invert(Bijection):
         self.bijection = bijection
         self.shape = tuple(bijection.shape)
 
+    @property
+    def context_shape(self):
+        return self.bijection.context_shape
+
     # Compiled passes: called eagerly (``svi.init``, ``sample_posterior``) a deep flow
     # would otherwise run op by op.
     @one_program
-    def transform_and_log_det(self, x):
-        return self.bijection.inverse_and_log_det(x)
+    def transform_and_log_det(self, x, context=None):
+        return _with_context(self.bijection, "inverse_and_log_det", x, context)
 
     @one_program
-    def inverse_and_log_det(self, y):
-        return self.bijection.transform_and_log_det(y)
+    def inverse_and_log_det(self, y, context=None):
+        return _with_context(self.bijection, "transform_and_log_det", y, context)
 
     @property
     def domain(self):
@@ -263,6 +294,117 @@ class Invert(Bijection):
         return f"Invert({self.bijection!r})"
 
 
+class Conditioned(Bijection):
+    """A conditional bijection with its context bound: an ordinary (unconditional) bijection.
+
+    ``Conditioned(b, c).transform_and_log_det(x) == b.transform_and_log_det(x, c)``. The
+    context's leading axes are batch axes: they broadcast against those of ``x`` (NumPy
+    rules), so a ``TransformedDistribution`` built on it has the context's batch shape.
+    The context is a pytree leaf but not a parameter:
+    :func:`~numpyro_coupling.partition_flow` leaves it out of the trainable leaves.
+
+    Args:
+        bijection: a conditional bijection (``context_shape`` not ``None``).
+        context: ``(*batch, *bijection.context_shape)`` context.
+
+    Example:
+        >>> import jax.numpy as jnp, jax.random as jr
+        >>> from numpyro_coupling import AffineCoupling
+        >>> layer = AffineCoupling(jr.key(0), shape=(2,), context_shape=(3,), zero_init=False)
+        >>> bound = Conditioned(layer, jnp.ones((5, 3)))
+        >>> bound.transform(jnp.zeros(2)).shape, bound.forward_shape((2,))
+        ((5, 2), (5, 2))
+    """
+
+    _params = ("bijection", "context")
+    _static = ("shape",)
+
+    def __init__(self, bijection: Bijection, context):
+        if not reads_context(bijection):
+            raise ValueError(
+                f"bijection must read a context (context_shape set), got a "
+                f"{type(bijection).__name__} without one"
+            )
+        self.bijection = bijection
+        self.shape = tuple(bijection.shape)
+        self.context = check_context(context, bijection.context_shape)
+
+    @property
+    def batch_shape(self):
+        """The context's batch shape (its leading axes)."""
+        n = len(self.bijection.context_shape)
+        return tuple(jnp.shape(self.context))[: jnp.ndim(self.context) - n]
+
+    def transform_and_log_det(self, x):
+        return self.bijection.transform_and_log_det(x, self.context)
+
+    def inverse_and_log_det(self, y):
+        return self.bijection.inverse_and_log_det(y, self.context)
+
+    @property
+    def domain(self):
+        return self.bijection.domain
+
+    @property
+    def codomain(self):
+        return self.bijection.codomain
+
+    def forward_shape(self, shape):
+        return self._broadcast(shape)
+
+    def inverse_shape(self, shape):
+        return self._broadcast(shape)
+
+    def _broadcast(self, shape):
+        n = len(self.shape)
+        batch = tuple(shape)[: len(shape) - n]
+        return (*jnp.broadcast_shapes(batch, self.batch_shape), *tuple(shape)[len(shape) - n :])
+
+    def __repr__(self):
+        return f"Conditioned({self.bijection!r}, context of shape {jnp.shape(self.context)})"
+
+
+def reads_context(bijection) -> bool:
+    """Whether ``bijection`` is conditional (reads a context beside its input).
+
+    Example:
+        >>> from numpyro_coupling import Flip
+        >>> reads_context(Flip((2,)))
+        False
+    """
+    return getattr(bijection, "context_shape", None) is not None
+
+
+def check_context(context, context_shape):
+    """``context`` as an array ending in ``context_shape``, or a ``ValueError`` naming it.
+
+    An integer or boolean context is cast to JAX's default float.
+
+    Example:
+        >>> check_context([[1, 2]], (2,)).shape
+        (1, 2)
+    """
+    context = jnp.asarray(context)
+    if not jnp.issubdtype(context.dtype, jnp.inexact):
+        context = context.astype(jnp.result_type(float))
+    got, n = tuple(jnp.shape(context)), len(context_shape)
+    if len(got) < n or got[len(got) - n :] != tuple(context_shape):
+        raise ValueError(
+            f"context must have shape (*batch, {', '.join(map(str, context_shape))}) to match "
+            f"context_shape={tuple(context_shape)}, got shape {got}"
+        )
+    return context
+
+
+def _with_context(b, method, x, context):
+    """``b.method(x, context)`` for a conditional ``b``, ``b.method(x)`` otherwise."""
+    if reads_context(b):
+        return getattr(b, method)(x, context)
+    if context is not None:
+        raise ValueError(f"context was given, but {type(b).__name__} reads no context")
+    return getattr(b, method)(x)
+
+
 def _at_event_rank(constraint, ndim_event):
     extra = ndim_event - constraint.event_dim
     return constraints.independent(constraint, extra) if extra > 0 else constraint
@@ -274,14 +416,18 @@ def _sum_event(t, ld, ndim_event):
     return ld.sum(tuple(range(-extra, 0))) if extra > 0 else ld
 
 
-def _forward_and_log_det(t, x, event_ndim):
+def _forward_and_log_det(t, x, event_ndim, context=None):
+    if reads_context(t):
+        return t.transform_and_log_det(x, context)
     if isinstance(t, Bijection):
         return t.transform_and_log_det(x)
     y = t(x)
     return y, _sum_event(t, t.log_abs_det_jacobian(x, y), event_ndim)
 
 
-def _inverse_and_log_det(t, y, event_ndim):
+def _inverse_and_log_det(t, y, event_ndim, context=None):
+    if reads_context(t):
+        return t.inverse_and_log_det(y, context)
     if isinstance(t, Bijection):
         return t.inverse_and_log_det(y)
     x = t.inv(y)

@@ -4,6 +4,12 @@
 active coordinates ``B`` go through an elementwise transformer whose raw parameters come
 from a conditioner network reading ``x_A``. The Jacobian is block-triangular, so the
 log-det is the sum of the transformer's elementwise log-dets over ``B``.
+
+A conditional coupling (``context_shape`` set) feeds its conditioner a context ``c``
+beside ``x_A``: ``z_B = T(x_B; c(x_A, c))``. For a fixed context the Jacobian in ``x`` is
+as before; with a context a coupling may also leave no coordinate passive (every
+coordinate transformed, by parameters read from the context alone), the conditional
+counterpart of an elementwise layer.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from .bijection import Bijection
+from .bijection import Bijection, check_context
 from .checks import as_shape
 from .conditioners import MLP
 from .masks import as_mask
@@ -42,16 +48,23 @@ class Coupling(Bijection):
         nn_depth: conditioner hidden layers.
         activation: conditioner activation name.
         zero_init: final conditioner kernel exactly zero, so the layer starts as the
-            constant (diagonal) transform given by ``transformer.constant_params``.
+            constant (diagonal) transform given by ``transformer.constant_params`` (and,
+            conditional, ignores its context).
         dtype: parameter dtype (default: JAX's default float).
+        context_shape: shape of a context the conditioner reads beside the passive
+            coordinates (an int ``c`` means ``(c,)``); ``None``: unconditional. A
+            conditional coupling is called as ``transform_and_log_det(x, context)``, its
+            context ``(*batch, *context_shape)`` broadcasting against ``x``'s batch axes;
+            its mask may then leave every coordinate active.
 
     Attributes:
-        conditioner: the :class:`~numpyro_coupling.conditioners.MLP`; its output is
-            ``(*batch, n_active * n_params)``.
+        conditioner: the :class:`~numpyro_coupling.conditioners.MLP`; it reads
+            ``(*batch, n_passive + prod(context_shape))`` (the passive coordinates, then
+            the flattened context) and returns ``(*batch, n_active * n_params)``.
     """
 
     _params = ("conditioner",)
-    _static = ("shape", "transformer", "passive_idx", "active_idx")
+    _static = ("shape", "transformer", "passive_idx", "active_idx", "context_shape")
 
     def __init__(
         self,
@@ -66,18 +79,23 @@ class Coupling(Bijection):
         activation: str = "relu",
         zero_init: bool = True,
         dtype=None,
+        context_shape=None,
     ):
         shape = as_shape(shape)
-        mask = as_mask(shape, mask, flip).reshape(-1)
+        if context_shape is not None:
+            context_shape = as_shape(context_shape, "context_shape")
+        mask = as_mask(shape, mask, flip, context=context_shape is not None).reshape(-1)
         self.shape = shape
+        self.context_shape = context_shape
         self.transformer = transformer
         self.passive_idx = tuple(int(i) for i in np.flatnonzero(~mask))
         self.active_idx = tuple(int(i) for i in np.flatnonzero(mask))
         dtype = dtype or jnp.zeros(()).dtype
         bias = jnp.tile(transformer.constant_params(dtype), len(self.active_idx))
+        n_context = 0 if context_shape is None else int(np.prod(context_shape))
         self.conditioner = MLP(
             key,
-            len(self.passive_idx),
+            len(self.passive_idx) + n_context,
             len(self.active_idx) * transformer.n_params,
             width=nn_width,
             depth=nn_depth,
@@ -94,30 +112,58 @@ class Coupling(Bijection):
         m[list(self.active_idx)] = True
         return m.reshape(self.shape)
 
-    def transformer_params(self, x_passive):
-        """Raw parameters ``(*batch, n_active, n_params)`` from ``(*batch, n_passive)`` inputs."""
-        out = self.conditioner(x_passive)
+    def transformer_params(self, x_passive, context=None):
+        """Raw parameters ``(*batch, n_active, n_params)`` from ``(*batch, n_passive)`` inputs.
+
+        A conditional coupling also takes the flattened ``(*batch, n_context)`` context.
+        """
+        inputs = x_passive if context is None else jnp.concatenate([x_passive, context], -1)
+        out = self.conditioner(inputs)
         return out.reshape((*out.shape[:-1], len(self.active_idx), self.transformer.n_params))
 
-    def _apply(self, x, elementwise):
+    def _apply(self, x, elementwise, context):
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.inexact):
             # Integer data (pixels, counts): scatters below would cast results back to int.
             x = x.astype(jnp.result_type(float))
         self.check_event(x)
         batch = self.batch_shape_of(x)
-        flat = jnp.reshape(x, (*batch, int(np.prod(self.shape))))
-        x_passive = _take(flat, self.passive_idx)
-        params = self.transformer_params(x_passive)
+        size = int(np.prod(self.shape))
+        flat = jnp.reshape(x, (*batch, size))
+        if self.context_shape is not None:
+            flat, context = self._with_context(flat, context)
+            batch = flat.shape[:-1]
+        elif context is not None:
+            raise ValueError(f"context was given, but this {type(self).__name__} reads none")
+        x_passive = _take(flat, self.passive_idx) if self.passive_idx else flat[..., :0]
+        params = self.transformer_params(x_passive, context)
         out_b, log_det = elementwise(_take(flat, self.active_idx), params)
-        out = _merge(flat, x_passive, self.passive_idx, out_b, self.active_idx)
-        return out.reshape(jnp.shape(x)), log_det.sum(-1)
+        if self.passive_idx:
+            out = _merge(flat, x_passive, self.passive_idx, out_b, self.active_idx)
+        else:
+            out = out_b  # every coordinate active, in order
+        return out.reshape((*batch, *self.shape)), log_det.sum(-1)
 
-    def transform_and_log_det(self, x):
-        return self._apply(x, self.transformer.forward)
+    def _with_context(self, flat, context):
+        """``flat`` and the flattened context, both broadcast to their common batch shape."""
+        if context is None:
+            raise ValueError(
+                f"this {type(self).__name__} reads a context of shape {self.context_shape}: "
+                "pass context= (a conditional flow is evaluated through flow.condition(context))"
+            )
+        context = check_context(context, self.context_shape).astype(flat.dtype)
+        n = len(self.context_shape)
+        context_batch = context.shape[: context.ndim - n]
+        context = context.reshape((*context_batch, -1))
+        batch = jnp.broadcast_shapes(flat.shape[:-1], context_batch)
+        flat = jnp.broadcast_to(flat, (*batch, flat.shape[-1]))
+        return flat, jnp.broadcast_to(context, (*batch, context.shape[-1]))
 
-    def inverse_and_log_det(self, y):
-        return self._apply(y, self.transformer.inverse)
+    def transform_and_log_det(self, x, context=None):
+        return self._apply(x, self.transformer.forward, context)
+
+    def inverse_and_log_det(self, y, context=None):
+        return self._apply(y, self.transformer.inverse, context)
 
 
 class AffineCoupling(Coupling):

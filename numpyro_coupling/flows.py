@@ -2,7 +2,10 @@
 
 :func:`coupling_layers` is the one factory of coupling stacks: :func:`coupling_flow`
 wraps its stack in a :class:`CouplingFlow` (a density model), and
-:class:`~numpyro_coupling.AutoCouplingFlow` builds its layers with it too.
+:class:`~numpyro_coupling.AutoCouplingFlow` builds its layers with it too. Built with a
+``context_shape``, a flow is conditional, ``p(x | context)``: its couplings' conditioners
+read the context, and :meth:`CouplingFlow.condition` binds one, giving an ordinary NumPyro
+distribution over ``x``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import jax.random as jr
 import numpyro.distributions as dist
 from numpyro.distributions import TransformedDistribution
 
-from .bijection import Bijection, Chain, event_constraint, one_program
+from .bijection import Bijection, Chain, Conditioned, event_constraint, one_program
 from .checks import as_shape
 from .conditioners import GuideConditioner
 from .coupling import Coupling
@@ -117,6 +120,9 @@ class CouplingFlow(TransformedDistribution):
     conditioner evaluation per coupling. NumPyro's generic path (``inv`` then
     ``log_abs_det_jacobian``) would evaluate every conditioner twice.
 
+    A conditional flow (its bijection reads a context, ``context_shape`` set) is a
+    family of distributions, one per context: :meth:`condition` picks one.
+
     Args:
         bijection: a :class:`~numpyro_coupling.Bijection` (usually a
             :class:`~numpyro_coupling.Chain`) from data space to latent space.
@@ -140,6 +146,51 @@ class CouplingFlow(TransformedDistribution):
         """The data-to-latent bijection."""
         # A transformed base_dist has its transforms merged in front of this one.
         return self.transforms[-1].inv
+
+    @property
+    def context_shape(self) -> tuple[int, ...] | None:
+        """The shape of the context a conditional flow reads (``None``: unconditional)."""
+        return getattr(self.bijection, "context_shape", None)
+
+    def condition(self, context) -> CouplingFlow:
+        """The distribution of ``x`` given ``context``: an ordinary NumPyro distribution.
+
+        It is a :class:`CouplingFlow` (a ``TransformedDistribution``) whose bijection is
+        this one with the context bound (:class:`~numpyro_coupling.Conditioned`), so
+        ``log_prob`` (one pass), ``sample`` and ``rsample`` work as for any flow, and it
+        drops into ``numpyro.sample("y", flow.condition(X), obs=Y)``.
+
+        Args:
+            context: ``(*batch, *context_shape)``; its leading axes are the batch shape
+                of the result (one distribution per row of contexts).
+
+        Returns:
+            A :class:`CouplingFlow` with batch shape ``batch`` and this flow's event shape.
+
+        Raises:
+            ValueError: the flow reads no context, or ``context`` does not end in
+                ``context_shape``.
+
+        Example:
+            >>> import jax.numpy as jnp, jax.random as jr
+            >>> from numpyro_coupling import coupling_flow
+            >>> flow = coupling_flow(jr.key(0), (2,), context_shape=(3,), n_layers=2)
+            >>> given = flow.condition(jnp.zeros((5, 3)))
+            >>> given.batch_shape, given.event_shape, given.sample(jr.key(1), (4,)).shape
+            ((5,), (2,), (4, 5, 2))
+            >>> given.log_prob(jnp.zeros(2)).shape  # one x under five contexts
+            (5,)
+        """
+        if self.context_shape is None:
+            raise ValueError(
+                "this flow reads no context: build it with context_shape= to condition it"
+            )
+        base = self.base_dist
+        if len(self.transforms) > 1:  # a transformed base: keep its transforms in front
+            base = TransformedDistribution(base, self.transforms[:-1])
+        return CouplingFlow(
+            Conditioned(self.bijection, context), base, validate_args=self._validate_args
+        )
 
     def log_prob(self, value, intermediates=None):
         """Log-density of ``value``: ``base.log_prob(z) + log|det dz/dx|``, ``z = bijection(x)``.
@@ -166,6 +217,11 @@ class CouplingFlow(TransformedDistribution):
             >>> log_p.tolist()[1], "Out-of-support" in str(caught[0].message)
             (-inf, True)
         """
+        if self.context_shape is not None:
+            raise ValueError(
+                f"this flow is conditional (context_shape={self.context_shape}): evaluate "
+                "flow.condition(context).log_prob(value)"
+            )
         # An empty batch has nothing to check (NumPyro's support mask cannot reshape it).
         check = bool(self._validate_args) and jnp.size(value) > 0
         log_p, in_support = self._log_prob_in_support(value, intermediates, check)
@@ -220,6 +276,8 @@ def coupling_layers(
     input_bound: float | None = None,
     linear_rank: int = 0,
     dtype=None,
+    context_shape=None,
+    context_elementwise: bool = False,
     **transformer_kwargs,
 ) -> Chain:
     """A stack of coupling layers (data-to-latent order) as one :class:`~numpyro_coupling.Chain`.
@@ -230,7 +288,15 @@ def coupling_layers(
     in). ``"bits"`` puts no mixing layer between the couplings but gives them
     :func:`~numpyro_coupling.masks.bit_masks`, which condition every coordinate on every
     other one. A one-dimensional event has no coupling split: it gets ``n_layers``
-    :class:`~numpyro_coupling.Elementwise` layers.
+    :class:`~numpyro_coupling.Elementwise` layers, or with a context ``n_layers``
+    couplings whose conditioners read the context alone.
+
+    With ``context_shape`` every coupling's conditioner reads the context beside its
+    passive coordinates (a conditional stack, ``p(x | context)``); the mixing layers do
+    not. ``context_elementwise`` puts in front one more layer that transforms every
+    coordinate by parameters read from the context alone (a coupling with no passive
+    coordinate): a shift and reshaping of each coordinate by the context before any
+    coupling. Zero-initialised, the stack starts as the same map for every context.
 
     Args:
         key: PRNG key.
@@ -250,6 +316,11 @@ def coupling_layers(
         linear_rank: rank of a linear path from a conditioner's inputs to the log-scales
             (transformers with a log-scale only; ``0``: none).
         dtype: parameter dtype.
+        context_shape: shape of the context the couplings read (an int ``c`` means
+            ``(c,)``); ``None``: an unconditional stack.
+        context_elementwise: with a context, begin with an elementwise layer whose
+            parameters the context sets (its key is ``fold_in(key, n_layers)``, so the
+            other layers are those of the stack without it).
         **transformer_kwargs: the transformer's own options (``n_bins``, ``interval``,
             ``n_components``, ``log_scale_bound``).
 
@@ -273,12 +344,31 @@ def coupling_layers(
     if len(shape) != 1:
         raise ValueError(f"coupling stacks act on vector events (d,), got shape {shape}")
     t = make_transformer(transformer, **transformer_kwargs)
+    if context_shape is not None:
+        context_shape = as_shape(context_shape, "context_shape")
     (d,) = shape
-    if d == 1:
+    if d == 1 and context_shape is None:
         return Chain([Elementwise(shape, t, dtype=dtype) for _ in range(n_layers)])
-    masks = bit_masks(d, n_layers) if permutation == "bits" else [None] * n_layers
+    if context_elementwise and context_shape is None:
+        raise ValueError("context_elementwise needs a context_shape")
+    masks = bit_masks(d, n_layers) if permutation == "bits" and d > 1 else [None] * n_layers
     wrap = input_bound is not None or (linear_rank > 0 and t.log_scale_index is not None)
     layers = []
+    if context_elementwise:
+        layers.append(
+            Coupling(
+                jr.fold_in(key, n_layers),
+                shape=shape,
+                transformer=t,
+                mask=[True] * d,
+                nn_width=nn_width,
+                nn_depth=nn_depth,
+                activation=activation,
+                zero_init=zero_init,
+                dtype=dtype,
+                context_shape=context_shape,
+            )
+        )
     for k, mask in zip(jr.split(key, n_layers), masks):
         ck, pk = jr.split(k)
         if actnorm:
@@ -293,6 +383,7 @@ def coupling_layers(
             activation=activation,
             zero_init=zero_init,
             dtype=dtype,
+            context_shape=context_shape,
         )
         if wrap:
             coupling.conditioner = GuideConditioner(
@@ -304,7 +395,7 @@ def coupling_layers(
                 key=jr.fold_in(ck, 1),
             )
         layers.append(coupling)
-        mix = None if permutation == "bits" else mixing_layer(permutation, pk, d, dtype)
+        mix = None if permutation == "bits" or d == 1 else mixing_layer(permutation, pk, d, dtype)
         if mix is not None:
             layers.append(mix)
     return Chain(layers)
@@ -315,13 +406,15 @@ def coupling_flow(key, shape, *, base_dist=None, **options) -> CouplingFlow:
 
     Args:
         key: PRNG key.
-        shape: event shape ``(d,)`` (or the int ``d``; ``d >= 2``).
+        shape: event shape ``(d,)`` (or the int ``d``; ``d >= 2``, or ``d >= 1`` with a
+            context).
         base_dist: latent distribution (default ``N(0, I)``).
         **options: the options of :func:`coupling_layers`: ``transformer`` (default
             ``"spline"``), ``n_layers`` (8), ``nn_width`` (64), ``nn_depth`` (2),
             ``permutation`` (``"flip"``), ``activation``, ``actnorm``, ``zero_init``,
-            ``dtype`` and the transformer's own options (``n_bins``, ``interval``,
-            ``n_components``, ``log_scale_bound``).
+            ``dtype``, ``context_shape`` (a conditional flow, see
+            :meth:`CouplingFlow.condition`) and the transformer's own options
+            (``n_bins``, ``interval``, ``n_components``, ``log_scale_bound``).
 
     Returns:
         A :class:`CouplingFlow`.
@@ -333,6 +426,9 @@ def coupling_flow(key, shape, *, base_dist=None, **options) -> CouplingFlow:
         (3,)
     """
     shape = as_shape(shape)
-    if len(shape) == 1 and shape[0] < 2:
-        raise ValueError(f"coupling_flow needs at least 2 event coordinates, got shape {shape}")
+    least = 1 if options.get("context_shape") is not None else 2
+    if len(shape) == 1 and shape[0] < least:
+        raise ValueError(
+            f"coupling_flow needs at least {least} event coordinates, got shape {shape}"
+        )
     return CouplingFlow(coupling_layers(key, shape, **options), base_dist)

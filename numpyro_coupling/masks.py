@@ -73,29 +73,36 @@ def checkerboard_mask(height: int, width: int, channels: int | None = None, pari
     return mask
 
 
-def as_mask(shape, mask=None, flip: bool = False) -> np.ndarray:
+def as_mask(shape, mask=None, flip: bool = False, *, context: bool = False) -> np.ndarray:
     """Validate a user mask (or build the default) for an event ``shape``.
+
+    Args:
+        shape: the event shape.
+        mask: boolean array of ``shape``, ``True`` = active (default: first half passive).
+        flip: swap passive and active.
+        context: the coupling also reads a context, so it may leave no coordinate passive
+            (a one-coordinate event is then all active by default).
 
     Raises:
         ValueError: the event cannot be split, or the mask has the wrong shape, or leaves
-            no coordinate active or none passive.
+            no coordinate active or (without a context) none passive.
     """
     shape = tuple(int(s) for s in shape)
     size = int(np.prod(shape))
-    if size < 2:
+    if size < 2 and not (context and size == 1):
         raise ValueError(
             f"a coupling needs at least 2 event coordinates to split, got shape {shape}; "
             "use an elementwise transform for 1-D events"
         )
     if mask is None:
-        mask = half_mask(shape)
+        mask = np.ones(shape, bool) if size == 1 else half_mask(shape)
     mask = np.asarray(mask)
     if mask.shape != shape:
         raise ValueError(f"mask has shape {mask.shape}, expected the event shape {shape}")
     mask = mask.astype(bool)
     if flip:
         mask = ~mask
-    if mask.all() or not mask.any():
+    if not mask.any() or (mask.all() and not context):
         raise ValueError("mask must leave at least one coordinate active and one passive")
     return mask
 

@@ -27,6 +27,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from numpyro.distributions import TransformedDistribution
 
+from .bijection import Conditioned
 from .checks import as_key
 from .flows import parameter_dtype
 from .loop import (
@@ -60,7 +61,8 @@ def partition_flow(flow):
     For a NumPyro ``TransformedDistribution`` the trainable leaves are the floating-point
     arrays of its transforms; the base distribution stays fixed (it is the reference
     ``N(0, I)`` the data are mapped to). For any other pytree every floating-point array is
-    trainable.
+    trainable, except the context bound by a :class:`~numpyro_coupling.Conditioned`
+    (data, not a parameter).
 
     Args:
         flow: a flow (e.g. from :func:`~numpyro_coupling.coupling_flow`).
@@ -76,12 +78,24 @@ def partition_flow(flow):
         >>> sum(leaf.size for leaf in jax.tree.leaves(params))
         76
     """
-    spec = jax.tree.map(eqx.is_inexact_array, flow)
+    spec = jax.tree.map(_trainable, flow, is_leaf=lambda node: isinstance(node, Conditioned))
     if isinstance(flow, TransformedDistribution):
         spec = eqx.tree_at(
             lambda f: f.base_dist, spec, replace_fn=lambda b: jax.tree.map(lambda _: False, b)
         )
     return eqx.partition(flow, spec)
+
+
+def _trainable(node):
+    """The partition spec of a leaf, or of a bound context's node (its context: never)."""
+    if isinstance(node, Conditioned):
+        inner = jax.tree.map(
+            _trainable, node.bijection, is_leaf=lambda n: isinstance(n, Conditioned)
+        )
+        spec = jax.tree_util.tree_unflatten(jax.tree.structure(node), jax.tree.leaves(node))
+        spec.bijection, spec.context = inner, False
+        return spec
+    return eqx.is_inexact_array(node)
 
 
 def _event_shape(flow) -> tuple[int, ...]:
@@ -103,7 +117,7 @@ def _param_dtype(params):
 # --------------------------------------------------------------------------------------
 
 
-def _check_data(data, event_shape, name="data") -> np.ndarray:
+def _check_data(data, event_shape, name="data", of="the flow's event shape") -> np.ndarray:
     arr = np.asarray(data)
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
@@ -112,7 +126,7 @@ def _check_data(data, event_shape, name="data") -> np.ndarray:
     expected = "(n, " + ", ".join(str(s) for s in event_shape) + ")"
     if arr.ndim != 1 + len(event_shape) or tuple(arr.shape[1:]) != tuple(event_shape):
         raise ValueError(
-            f"{name} must have shape {expected} to match the flow's event shape "
+            f"{name} must have shape {expected} to match {of} "
             f"{tuple(event_shape)}, got shape {arr.shape}"
         )
     if arr.shape[0] == 0:
@@ -206,8 +220,11 @@ def _optimizer(learning_rate, total_steps, clip_norm, weight_decay=0.0):
     return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
-def _mean_nll(params, static, x):
-    return -jnp.mean(eqx.combine(params, static).log_prob(x))
+def _mean_nll(params, static, x, context=None):
+    flow = eqx.combine(params, static)
+    if context is not None:
+        flow = flow.condition(context)
+    return -jnp.mean(flow.log_prob(x))
 
 
 def _nll_step(state, t, static, data, key, hyper):
@@ -217,11 +234,12 @@ def _nll_step(state, t, static, data, key, hyper):
     """
     params, opt_state = state
     batch_size, *optimizer_settings, batch_sharding = hyper
-    idx = jr.randint(jr.fold_in(key, t), (batch_size,), 0, data.shape[0])
-    batch = jnp.take(data, idx, axis=0)
+    # ``data``: ``(x,)``, or ``(x, context)`` for a conditional flow, rows paired.
+    idx = jr.randint(jr.fold_in(key, t), (batch_size,), 0, data[0].shape[0])
+    batch = tuple(jnp.take(a, idx, axis=0) for a in data)
     if batch_sharding is not None:
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    loss, grads = jax.value_and_grad(_mean_nll)(params, static, batch)
+        batch = tuple(jax.lax.with_sharding_constraint(b, batch_sharding) for b in batch)
+    loss, grads = jax.value_and_grad(_mean_nll)(params, static, *batch)
     updates, opt_state = _optimizer(*optimizer_settings).update(grads, opt_state, params)
     new_state = (optax.apply_updates(params, updates), opt_state)
     return new_state, loss, jnp.isfinite(loss) & all_finite(grads)
@@ -255,20 +273,45 @@ def _resolve_mesh(mesh):
     return mesh, mesh.axis_names[0]
 
 
-def _split_validation(data, validation, key, event_shape):
-    """``(train, val)``: ``validation`` is held-out data, a fraction of ``data`` or ``None``."""
+def _split_validation(data, validation, key, event_shape, context_shape=None):
+    """``(train, val)`` as tuples of arrays, ``(x,)`` or ``(x, context)``.
+
+    ``validation`` is held-out data (for a conditional flow a pair ``(x, context)``), a
+    fraction of ``data`` or ``None``. ``data`` is the tuple of training arrays.
+    """
     if validation is None:
         return data, None
-    if np.ndim(validation) == 0:
+    n = len(data[0])
+    if np.ndim(validation) == 0 and not isinstance(validation, tuple | list):
         frac = float(validation)
         if not 0.0 < frac < 1.0:
             raise ValueError(f"validation fraction must be in (0, 1), got {frac}")
-        n_val = round(frac * len(data))
-        if not 0 < n_val < len(data):
+        n_val = round(frac * n)
+        if not 0 < n_val < n:
             raise ValueError(f"validation={frac} leaves no data for training or validation")
-        perm = np.asarray(jr.permutation(key, len(data)))
-        return data[perm[n_val:]], data[perm[:n_val]]
-    return data, _check_data(validation, event_shape, "validation")
+        perm = np.asarray(jr.permutation(key, n))
+        return tuple(a[perm[n_val:]] for a in data), tuple(a[perm[:n_val]] for a in data)
+    if context_shape is None:
+        return data, (_check_data(validation, event_shape, "validation"),)
+    if not (isinstance(validation, tuple | list) and len(validation) == 2):
+        raise ValueError(
+            "validation of a conditional flow must be a fraction or a pair (x, context) of "
+            f"held-out rows, got {type(validation).__name__}"
+        )
+    return data, _paired(validation[0], validation[1], event_shape, context_shape, "validation")
+
+
+def _paired(data, context, event_shape, context_shape, name="data"):
+    """``(data, context)`` checked: shapes, finite values, one context row per data row."""
+    data = _check_data(data, event_shape, name)
+    label = "context" if name == "data" else f"{name} context"
+    context = _check_data(context, context_shape, label, of="the flow's context_shape")
+    if len(context) != len(data):
+        raise ValueError(
+            f"context must have one row per row of {name}: got {len(context)} context rows "
+            f"for {len(data)} rows"
+        )
+    return data, context
 
 
 def _check_options(steps, batch_size, chunk_size, weight_decay, average, patience, validation):
@@ -303,8 +346,13 @@ def fit(
     resume: FitState | None = None,
     stop_at: int | None = None,
     return_state: bool = False,
+    context=None,
 ):
     """Fit a flow to data by maximum likelihood (minibatch Adam on the mean NLL).
+
+    A conditional flow (built with ``context_shape``) is fitted to pairs: row ``i`` of
+    ``data`` is a draw from ``p(x | context[i])``, and the loss is the mean of
+    ``-flow.condition(context).log_prob(data)``; every option works alike.
 
     The learning rate follows ``optax.cosine_onecycle_schedule(steps, learning_rate)``
     after ``optax.clip_by_global_norm(clip_norm)``. Minibatches of ``batch_size`` rows are
@@ -343,6 +391,9 @@ def fit(
         stop_at: pause after this many steps (``< steps``), e.g. to checkpoint; continue
             later with ``resume=``.
         return_state: also return the :class:`FitState`.
+        context: ``(n, *context_shape)`` contexts, one per row of ``data`` (a
+            conditional flow only). A validation fraction splits the pairs together;
+            held-out ``validation`` is then a pair ``(x, context)``.
 
     Returns:
         ``(fitted_flow, losses)``, or ``(fitted_flow, losses, state)`` with
@@ -386,9 +437,20 @@ def fit(
     if not 0 < stop <= steps:
         raise ValueError(f"stop_at must be in [1, steps={steps}], got {stop_at}")
 
-    data = _check_data(data, event_shape)
+    context_shape = getattr(flow, "context_shape", None)
+    if context_shape is None:
+        if context is not None:
+            raise ValueError("context was given, but the flow reads none (no context_shape)")
+        data = (_check_data(data, event_shape),)
+    else:
+        if context is None:
+            raise ValueError(
+                f"the flow is conditional (context_shape={tuple(context_shape)}): pass "
+                "context=, one row per row of data"
+            )
+        data = _paired(data, context, event_shape, context_shape)
     split_key, batch_key = jr.split(key)
-    data, val = _split_validation(data, validation, split_key, event_shape)
+    data, val = _split_validation(data, validation, split_key, event_shape, context_shape)
 
     mesh, axis = _resolve_mesh(mesh)
     replicated = batch_sharding = None
@@ -403,8 +465,8 @@ def fit(
     def put(x):
         return x if replicated is None else jax.device_put(x, replicated)
 
-    train_x = put(jnp.asarray(data, dtype))
-    val_x = None if val is None else put(jnp.asarray(val, dtype))
+    train_x = tuple(put(jnp.asarray(a, dtype)) for a in data)
+    val_x = None if val is None else tuple(put(jnp.asarray(a, dtype)) for a in val)
     static = put(static)
 
     # ---- state -------------------------------------------------------------------------
@@ -414,7 +476,7 @@ def fit(
         step, losses, val_losses = 0, [], []
         best_params, best_val, since_best = None, np.inf, 0
         if val_x is not None:
-            best_val = float(_eval_nll(put(params), static, val_x))
+            best_val = float(_eval_nll(put(params), static, *val_x))
             best_params, val_losses = params, [best_val]
     else:
         if stop < resume.step:
@@ -451,7 +513,7 @@ def fit(
         if val_x is None:
             return False, None
         candidate = current(carry)
-        v = float(_eval_nll(candidate, static, val_x))
+        v = float(_eval_nll(candidate, static, *val_x))
         val_losses.append(v)
         if v < best_val:
             best_val, best_params, since_best = v, candidate, 0

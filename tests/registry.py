@@ -85,6 +85,32 @@ COUPLING_NAMES = (
     "guide_loc_scale_spline",
 )
 
+#: Conditional couplings: ``name -> make(key, shape, dtype)`` reading a context of
+#: ``CONTEXT_SHAPE``; :func:`build` perturbs them too. For a fixed context each is a
+#: bijection of ``x`` (:class:`~numpyro_coupling.Conditioned`); the contract suite tests
+#: them with contexts of their own (``test_conditional_*``).
+CONTEXT_SHAPE = (3,)
+CONDITIONAL = {
+    "conditional_spline": _coupling(
+        nc.RQSplineCoupling, n_bins=6, interval=3.0, context_shape=CONTEXT_SHAPE
+    ),
+    # Every coordinate active: parameters from the context alone (an elementwise layer).
+    "conditional_all_active": lambda key, shape, dtype: _coupling(
+        nc.AffineCoupling, mask=[True] * shape[0], context_shape=CONTEXT_SHAPE
+    )(key, shape, dtype),
+    # Affine couplings and LU layers (cheap to compile): the context through a Chain.
+    "conditional_stack": lambda key, shape, dtype: nc.coupling_layers(
+        key,
+        shape,
+        transformer="affine",
+        n_layers=2,
+        nn_width=16,
+        dtype=dtype,
+        permutation="lu",
+        context_shape=CONTEXT_SHAPE,
+    ),
+}
+
 REGISTRY = {
     "affine": _coupling(nc.AffineCoupling),
     "additive": _coupling(nc.AdditiveCoupling),
@@ -125,4 +151,5 @@ REGISTRY = {
 def build(name, shape=(4,), dtype=jnp.float32, seed=0, scale=0.3):
     """Registry entry ``name`` with every trainable array perturbed by ``scale * N(0, 1)``."""
     make_key, noise_key = jr.split(jr.key(seed))
-    return randomize(REGISTRY[name](make_key, tuple(shape), dtype), noise_key, scale)
+    make = REGISTRY.get(name) or CONDITIONAL[name]
+    return randomize(make(make_key, tuple(shape), dtype), noise_key, scale)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from numpyro.distributions.transforms import ComposeTransform
 
+import numpyro_coupling as nc
 from numpyro_coupling import Chain, Coupling
 
-from registry import COUPLING_NAMES, REGISTRY, build
+from registry import CONDITIONAL, CONTEXT_SHAPE, COUPLING_NAMES, REGISTRY, build
 
 NAMES = sorted(REGISTRY)
 # Round-trip error relative to (1 + |x|) for parameters of a trained flow (``scale=0.1``).
@@ -329,3 +330,108 @@ def test_zero_init_is_constant_transform():
 def test_isinstance_coupling():
     for name in COUPLING_NAMES:
         assert isinstance(build(name), Coupling)
+
+
+# ---------------------------------------------------------------------------------------
+# Conditional couplings: the laws for a fixed context, and how contexts broadcast.
+# ---------------------------------------------------------------------------------------
+
+CONDITIONAL_NAMES = sorted(CONDITIONAL)
+forward_given = eqx.filter_jit(lambda b, x, c: b.transform_and_log_det(x, c))
+inverse_given = eqx.filter_jit(lambda b, y, c: b.inverse_and_log_det(y, c))
+
+
+def _contexts(n, seed=7, dtype=jnp.float32):
+    return jr.normal(jr.key(seed), (n, *CONTEXT_SHAPE)).astype(dtype)
+
+
+@eqx.filter_jit
+def _round_trip_and_jacobian(b, x, c):
+    z, log_det = b.transform_and_log_det(x, c)
+    xr, inv_log_det = b.inverse_and_log_det(z, c)
+    jac = jax.vmap(jax.jacfwd(lambda v, w: b.transform_and_log_det(v, w)[0]))(x, c)
+    return xr, log_det, inv_log_det, jac
+
+
+@pytest.mark.parametrize("name", CONDITIONAL_NAMES)
+def test_conditional_round_trip_and_log_det(name, x64):
+    """Each row at its own context: round trip, log-det of the Jacobian in x."""
+    b = build(name, (4,), jnp.float64, scale=0.3)
+    x, c = _inputs((4,), jnp.float64, 2.0, n=16), _contexts(16, dtype=jnp.float64)
+    xr, log_det, inv_log_det, jac = _round_trip_and_jacobian(b, x, c)
+    assert float(_rel_err(xr, x).max()) <= 1e-10
+    np.testing.assert_allclose(log_det + inv_log_det, 0.0, atol=1e-10)
+    np.testing.assert_allclose(log_det, jnp.linalg.slogdet(jac)[1], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["conditional_spline", "conditional_all_active"])
+def test_conditional_passive_and_triangular(name, x64):
+    """For a fixed context: passive coordinates copied, the Jacobian in x block-triangular."""
+    b = build(name, (5,), jnp.float64)
+    x, c = _inputs((5,), jnp.float64, 3.0, n=3), _contexts(3, dtype=jnp.float64)
+    p, a = np.asarray(b.passive_idx, int), np.asarray(b.active_idx)
+    for fn in (forward_given, inverse_given):
+        np.testing.assert_array_equal(np.asarray(fn(b, x, c)[0])[:, p], np.asarray(x)[:, p])
+    jac_x, jac_c = eqx.filter_jit(
+        jax.vmap(jax.jacfwd(lambda v, w: b.transform(v, w), argnums=(0, 1)))
+    )(x, c)
+    for J, Jc in zip(np.asarray(jac_x), np.asarray(jac_c)):
+        np.testing.assert_array_equal(J[np.ix_(p, p)], np.eye(len(p)))
+        np.testing.assert_array_equal(J[np.ix_(p, a)], 0.0)
+        active = J[np.ix_(a, a)]
+        np.testing.assert_array_equal(active - np.diag(np.diag(active)), 0.0)
+        assert np.all(np.diag(active) > 0)
+        np.testing.assert_array_equal(Jc[p], 0.0)  # the context moves active coordinates only
+        assert np.abs(Jc[a]).max() > 0
+
+
+@eqx.filter_jit
+def _broadcast_passes(b, x, c):
+    z, log_det = b.transform_and_log_det(x, c)
+    xr, inv_log_det = b.inverse_and_log_det(z, c)
+    batch = log_det.shape
+    xs = jnp.broadcast_to(x, (*batch, x.shape[-1])).reshape(-1, x.shape[-1])
+    cs = jnp.broadcast_to(c, (*batch, c.shape[-1])).reshape(-1, c.shape[-1])
+    return z, xr, log_det, inv_log_det, b.transform_and_log_det(xs, cs)[1]
+
+
+def test_conditional_batch_shapes():
+    """Context and x batch axes broadcast (NumPy rules), as row-by-row evaluation does."""
+    b = build("conditional_all_active", (4,))
+    for x_batch, c_batch in [((), (6,)), ((2, 1), (3,))]:
+        x = jr.normal(jr.key(2), (*x_batch, 4))
+        c = jr.normal(jr.key(3), (*c_batch, *CONTEXT_SHAPE))
+        batch = jnp.broadcast_shapes(x_batch, c_batch)
+        z, xr, log_det, inv_log_det, rows = _broadcast_passes(b, x, c)
+        assert z.shape == xr.shape == (*batch, 4)
+        assert log_det.shape == inv_log_det.shape == batch
+        np.testing.assert_allclose(log_det.reshape(-1), rows, rtol=1e-5, atol=1e-5)
+
+
+def test_conditional_context_errors():
+    b = build("conditional_stack", (4,))
+    x = jnp.zeros((2, 4))
+    with pytest.raises(ValueError, match="reads a context of shape"):
+        b.transform(x)
+    with pytest.raises(ValueError, match=r"context must have shape \(\*batch, 3\)"):
+        b.transform(x, jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="context was given"):
+        nc.AffineCoupling(jr.key(0), shape=(4,)).transform(x, jnp.zeros(3))
+    with pytest.raises(ValueError, match="at least one coordinate active and one passive"):
+        nc.AffineCoupling(jr.key(0), shape=(4,), mask=[True] * 4)  # all active needs a context
+    with pytest.raises(ValueError, match="context was given, but Flip reads no context"):
+        nc.Flip((4,)).transform(x, jnp.zeros(3))
+    other = nc.AffineCoupling(jr.key(0), shape=(4,), context_shape=(2,))
+    with pytest.raises(ValueError, match="must read one context shape"):
+        nc.Chain([b, other])
+
+
+def test_conditional_zero_init_ignores_context():
+    layer = nc.RQSplineCoupling(jr.key(0), shape=(4,), context_shape=CONTEXT_SHAPE)
+    x = jr.normal(jr.key(1), (5, 4))
+    z1, ld1 = forward_given(layer, x, _contexts(5, seed=1))
+    z2, ld2 = forward_given(layer, x, _contexts(5, seed=2) * 10)
+    np.testing.assert_array_equal(z1, z2)
+    np.testing.assert_array_equal(ld1, ld2)
+    unconditional = nc.RQSplineCoupling(jr.key(0), shape=(4,))
+    np.testing.assert_array_equal(forward(unconditional, x)[0], z1)
