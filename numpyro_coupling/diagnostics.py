@@ -301,8 +301,9 @@ def warn_about_chains(diag: ChainDiagnostics, *, neutra: bool) -> list[str]:
     n = diag.num_chains * diag.num_draws
     if diag.divergences:
         where = (
-            "regions the guide warps poorly (a funnel's neck, say): fit the guide longer or "
-            "with more particles (fit_kwargs={'num_particles': 16}), or"
+            "regions the guide warps poorly (a funnel's neck, say): refine the guide on a "
+            "pilot warm-up (neutra_mcmc(..., refine=True)), fit it longer or with more "
+            "particles (fit_kwargs={'num_particles': 16}), or"
             if neutra
             else "regions of high curvature: reparameterise the model (non-centred), use "
             "neutra_mcmc, or"

@@ -173,7 +173,8 @@ def test_chain_warnings_name_the_remedy():
     with pytest.warns(DiagnosticWarning) as record:
         messages = warn_about_chains(bad, neutra=True)
     assert len(messages) == len(record) == 4
-    assert "target_accept_prob" in messages[0] and "maximum tree depth" in messages[1]
+    assert "target_accept_prob" in messages[0] and "refine=True" in messages[0]
+    assert "maximum tree depth" in messages[1]
     assert "R-hat" in messages[2] and "ESS" in messages[3]
     assert (
         warn_about_chains(ChainDiagnostics(1, 1000, 0, 0.0, 500.0, float("nan")), neutra=False)
