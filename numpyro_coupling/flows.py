@@ -10,6 +10,7 @@ distribution over ``x``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -353,38 +354,25 @@ def coupling_layers(
         raise ValueError("context_elementwise needs a context_shape")
     masks = bit_masks(d, n_layers) if permutation == "bits" and d > 1 else [None] * n_layers
     wrap = input_bound is not None or (linear_rank > 0 and t.log_scale_index is not None)
+    make_coupling = functools.partial(
+        Coupling,
+        shape=shape,
+        transformer=t,
+        nn_width=nn_width,
+        nn_depth=nn_depth,
+        activation=activation,
+        zero_init=zero_init,
+        dtype=dtype,
+        context_shape=context_shape,
+    )
     layers = []
     if context_elementwise:
-        layers.append(
-            Coupling(
-                jr.fold_in(key, n_layers),
-                shape=shape,
-                transformer=t,
-                mask=[True] * d,
-                nn_width=nn_width,
-                nn_depth=nn_depth,
-                activation=activation,
-                zero_init=zero_init,
-                dtype=dtype,
-                context_shape=context_shape,
-            )
-        )
+        layers.append(make_coupling(jr.fold_in(key, n_layers), mask=[True] * d))
     for k, mask in zip(jr.split(key, n_layers), masks):
         ck, pk = jr.split(k)
         if actnorm:
             layers.append(ActNorm1D(shape, dtype=dtype))
-        coupling = Coupling(
-            ck,
-            shape=shape,
-            transformer=t,
-            mask=mask,
-            nn_width=nn_width,
-            nn_depth=nn_depth,
-            activation=activation,
-            zero_init=zero_init,
-            dtype=dtype,
-            context_shape=context_shape,
-        )
+        coupling = make_coupling(ck, mask=mask)
         if wrap:
             coupling.conditioner = GuideConditioner(
                 coupling.conditioner,
