@@ -46,9 +46,9 @@ _EXTRA = (
     "global_accepted",  # whether a move was accepted
     "global_rate",  # the probability of attempting a move (adapted during warm-up)
     "global_iteration",  # transitions so far, warm-up included (never reset)
-    "global_accept_sum",  # warm-up: sum of the acceptance probabilities of the moves
-    "global_attempts",  # warm-up: moves attempted
-    "global_steps_mean",  # warm-up: running mean of NUTS's leapfrog steps per transition
+    "global_accept_sum",  # second half of warm-up: sum of the moves' acceptance probabilities
+    "global_attempts",  # second half of warm-up: moves attempted
+    "global_steps_mean",  # second half of warm-up: mean leapfrog steps of a NUTS transition
 )
 
 #: The state of :class:`GlobalMoves`: NumPyro's ``HMCState`` fields, then the moves'.
@@ -95,9 +95,9 @@ class GlobalMoves(MCMCKernel):
     so that NUTS continues from it. ``num_steps`` counts every gradient of a transition:
     NUTS's leapfrog steps plus one for a move.
 
-    With ``rate=None`` the rate is :func:`adapted_rate` of the warm-up's mean acceptance
-    and NUTS steps, then frozen: after warm-up the chain is a fixed mixture of two exact
-    kernels.
+    With ``rate=None`` the rate is :func:`adapted_rate` of the mean acceptance and NUTS
+    steps over the second half of warm-up, then frozen: after warm-up the chain is a fixed
+    mixture of two exact kernels.
 
     Args:
         inner: a NumPyro ``HMC`` or ``NUTS`` kernel (on a NeuTra-reparameterised model:
@@ -185,6 +185,7 @@ class GlobalMoves(MCMCKernel):
         self._vectorized = not is_prng_key(rng_key)
         batch = jnp.shape(state.potential_energy)
         dtype = jnp.result_type(state.potential_energy)
+        # Adapted: the first half of warm-up runs at the ceiling.
         rate = self.max_rate if self.rate is None else self.rate
         extra = (
             jnp.full(batch, jnp.nan, dtype),
@@ -289,17 +290,18 @@ class GlobalMoves(MCMCKernel):
             energy=state.energy - state.potential_energy + pe,
             num_steps=nuts_steps + attempt.astype(jnp.result_type(nuts_steps)),
         )
-        # Warm-up statistics; the rate they give is frozen once warm-up ends.
-        counted = warmup & attempt
+        # Warm-up statistics, from its second half (the chain near stationarity, the step
+        # size settled); the rate they give is frozen once warm-up ends.
+        counted = warmup & attempt & (2 * iteration >= self._num_warmup)
         accept_sum = accept_sum + jnp.where(counted, prob, 0.0)
         attempts = attempts + counted.astype(attempts.dtype)
-        weight = jnp.maximum(1.0 / (iteration + 1.0), 0.05)
+        weight = 1.0 / jnp.maximum(attempts, 1).astype(steps_mean.dtype)
         steps = nuts_steps.astype(steps_mean.dtype)
-        steps_mean = jnp.where(warmup, steps_mean + weight * (steps - steps_mean), steps_mean)
+        steps_mean = jnp.where(counted, steps_mean + weight * (steps - steps_mean), steps_mean)
         if self.rate is None:
             accept_mean = accept_sum / jnp.maximum(attempts, 1)
             estimate = adapted_rate(accept_mean, steps_mean, self.min_rate, self.max_rate)
-            rate = jnp.where(warmup, estimate, rate).astype(rate.dtype)
+            rate = jnp.where(counted, estimate, rate).astype(rate.dtype)
         extra = (prob, accepted, rate, iteration + 1, accept_sum, attempts, steps_mean)
         return GlobalMovesState(*state, *extra)
 
