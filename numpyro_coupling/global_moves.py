@@ -33,6 +33,7 @@ __all__ = [
     "GLOBAL_MOVE_FIELDS",
     "GlobalMoves",
     "GlobalMovesState",
+    "adapted_rate",
     "global_move_summary",
     "with_global_moves",
 ]
@@ -121,11 +122,11 @@ class GlobalMoves(MCMCKernel):
         >>> from numpyro.infer import MCMC, NUTS
         >>> def model():
         ...     numpyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> mcmc = MCMC(GlobalMoves(NUTS(model), rate=0.5), num_warmup=50, num_samples=50,
+        >>> mcmc = MCMC(GlobalMoves(NUTS(model), rate=0.5), num_warmup=20, num_samples=20,
         ...             progress_bar=False)
         >>> mcmc.run(jr.key(0), extra_fields=GLOBAL_MOVE_FIELDS)
         >>> mcmc.get_samples()["x"].shape, mcmc.get_extra_fields()["global_accepted"].shape
-        ((50,), (50,))
+        ((20,), (20,))
     """
 
     def __init__(
