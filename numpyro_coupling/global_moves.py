@@ -168,6 +168,12 @@ class GlobalMoves(MCMCKernel):
     def default_fields(self):
         return self.inner.default_fields
 
+    @property
+    def _sample_fn(self):
+        # NumPyro's MCMC initialises a kernel again unless its ``_sample_fn`` is set; a
+        # second ``init`` of vectorised chains would batch NUTS's step twice.
+        return getattr(self.inner, "_sample_fn", None)
+
     def postprocess_fn(self, model_args, model_kwargs):
         return self.inner.postprocess_fn(model_args, model_kwargs)
 
