@@ -26,7 +26,7 @@ from .diagnostics import (
     warn_about_chains,
     warn_about_guide,
 )
-from .global_moves import GLOBAL_MOVE_FIELDS, global_move_summary, with_global_moves
+from .global_moves import GLOBAL_MOVE_FIELDS, GlobalMoves, global_move_summary, with_global_moves
 from .sites import latent_shapes, prototype_trace, unconstrained_draws
 from .svi import fit_guide
 
@@ -56,8 +56,10 @@ def _run_nuts(
     warm-up, and the global moves' gradients with ``global_moves``).
     """
     mcmc_kwargs = {"chain_method": _chain_method(num_chains)} | dict(mcmc_kwargs or {})
+    kernel = with_global_moves(NUTS(model, **(nuts_kwargs or {})), global_moves)
+    moves = isinstance(kernel, GlobalMoves)
     mcmc = MCMC(
-        with_global_moves(NUTS(model, **(nuts_kwargs or {})), global_moves),
+        kernel,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
@@ -68,11 +70,11 @@ def _run_nuts(
     # Warm-up on its own, to count its gradients; the chains are those of one ``run``.
     mcmc.warmup(key, *args, collect_warmup=True, extra_fields=("num_steps",), **model_kwargs)
     warmup_grads = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
-    extra_fields = _extra_fields() + (GLOBAL_MOVE_FIELDS if global_moves else ())
+    extra_fields = _extra_fields() + (GLOBAL_MOVE_FIELDS if moves else ())
     mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=extra_fields, **model_kwargs)
     jax.block_until_ready(mcmc.get_samples())
     attrs = {"mcmc_seconds": time.perf_counter() - start, "warmup_grads": warmup_grads}
-    if global_moves:
+    if moves:
         attrs |= global_move_summary(mcmc.get_extra_fields())
     return mcmc, attrs
 
