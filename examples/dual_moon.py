@@ -5,7 +5,10 @@ modes at ``x0 = ±2``, joined by thin arcs. Plain NUTS tends to stay in the mode
 in. A reverse-KL fit settles on one mode too, unless it is tempered: the guide is first
 fitted to the flattened targets ``p^0.1``, ``p^0.3``, ``p^0.6`` (``--temper``), spreads over
 both modes, and keeps them when the target sharpens; NUTS on the warped space then hops
-between them. The density is unnormalised: the SVI loss is ``KL(q || p) - log Z``.
+between them, now and then. With global moves (``global_moves=True``) most transitions
+are independence proposals from the guide, accepted with the exact Metropolis-Hastings
+ratio, and the chain crosses between the modes hundreds of times. The density is
+unnormalised: the SVI loss is ``KL(q || p) - log Z``.
 
 Run ``python examples/dual_moon.py --out figures`` (``--quick`` for a smoke test).
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from numpyro_coupling import neutra_nuts, sampling_efficiency
 from numpyro_coupling.demo import (
     add_budget_arguments,
     budgets,
@@ -32,6 +36,12 @@ def mode_fraction(idata) -> float:
     return float((idata.posterior["x"].values[..., 0] > 0).mean())
 
 
+def mode_switches(idata) -> int:
+    """How many times the first chain changes mode (the sign of ``x0``)."""
+    right = idata.posterior["x"].values[0, :, 0] > 0
+    return int((right[1:] != right[:-1]).sum())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_budget_arguments(
@@ -43,10 +53,28 @@ def main(argv=None):
         temper=(0.1, 0.3, 0.6),
     )
     args = parser.parse_args(argv)
-    result = compare_samplers(dual_moon, **budgets(args))
+    kw = budgets(args)
+    result = compare_samplers(dual_moon, **kw)
+    # The same guide, with independence moves proposed from it between NUTS steps.
+    moves = neutra_nuts(
+        dual_moon,
+        result["guide"],
+        result["params"],
+        num_warmup=kw["num_warmup"],
+        num_samples=kw["num_samples"],
+        key=kw["key"],
+        progress_bar=kw["progress_bar"],
+        nuts_kwargs=kw["nuts_kwargs"],
+        global_moves=True,
+    )
     rows = result["rows"]
-    rows[0]["right_mode"] = mode_fraction(result["nuts"][1])
-    rows[1]["right_mode"] = mode_fraction(result["neutra"][1])
+    rows.append(
+        {"method": "NeuTra + global moves", "svi_loss": rows[1]["svi_loss"]}
+        | sampling_efficiency(moves[1])
+    )
+    for row, (_, idata) in zip(rows, (result["nuts"], result["neutra"], moves)):
+        row["right_mode"] = mode_fraction(idata)
+        row["switches"] = mode_switches(idata)
     print("\nDual moon; SVI loss = KL(q || p) - log Z\n")
     columns = [
         ("method", "method", "{}"),
@@ -55,6 +83,7 @@ def main(argv=None):
         ("ess_per_grad", "ESS/grad", "{:.4f}"),
         ("divergences", "divergences", "{:d}"),
         ("right_mode", "draws with x0 > 0", "{:.2f}"),
+        ("switches", "mode switches", "{:d}"),
         ("seconds", "MCMC s", "{:.1f}"),
     ]
     print(format_table(rows, columns))
@@ -74,7 +103,8 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
-    for name, (_, idata) in (("NUTS", result["nuts"]), ("NeuTra", result["neutra"])):
+    runs = (("NUTS", result["nuts"]), ("NeuTra", result["neutra"]), ("+ global moves", moves))
+    for name, (_, idata) in runs:
         ax.plot(np.asarray(idata.posterior["x"].values[0, :, 0]), lw=0.7, label=name)
     ax.set(xlabel="draw", ylabel="x0", title="trace of x0: mode hopping")
     ax.legend(frameon=False)

@@ -31,6 +31,7 @@ from .flows import (
     coupling_layers,
     standard_normal,
 )
+from .global_moves import GLOBAL_MOVE_FIELDS, GlobalMoves, GlobalMovesState, with_global_moves
 from .guide import AutoCouplingFlow
 from .information import entropy, mutual_information, total_correlation
 from .io import IncompatibleFormatError, load, save
@@ -74,6 +75,7 @@ from .transformers import (
 
 __all__ = [
     "COUPLINGS",
+    "GLOBAL_MOVE_FIELDS",
     "GUIDE_DRAWS",
     "MLP",
     "PERMUTATIONS",
@@ -94,6 +96,8 @@ __all__ = [
     "Elementwise",
     "FitState",
     "Flip",
+    "GlobalMoves",
+    "GlobalMovesState",
     "GuideConditioner",
     "GuideFitState",
     "HouseholderRotation",
@@ -153,4 +157,5 @@ __all__ = [
     "temper_likelihood",
     "total_correlation",
     "unconstrained_draws",
+    "with_global_moves",
 ]

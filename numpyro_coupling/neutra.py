@@ -26,6 +26,7 @@ from .diagnostics import (
     warn_about_chains,
     warn_about_guide,
 )
+from .global_moves import GLOBAL_MOVE_FIELDS, GlobalMoves, global_move_summary, with_global_moves
 from .refinement import guide_scores, refine_guide
 from .sites import latent_shapes, prototype_trace, unconstrained_draws
 from .svi import fit_guide
@@ -48,15 +49,18 @@ def _run_nuts(
     progress_bar,
     nuts_kwargs,
     mcmc_kwargs,
+    global_moves=None,
 ):
     """Run NUTS on ``model`` with the sampler statistics kept; returns ``(mcmc, attrs)``.
 
     ``attrs``: ``mcmc_seconds`` (wall time) and ``warmup_grads`` (leapfrog steps of the
-    warm-up).
+    warm-up, and the global moves' gradients with ``global_moves``).
     """
     mcmc_kwargs = {"chain_method": _chain_method(num_chains)} | dict(mcmc_kwargs or {})
+    kernel = with_global_moves(NUTS(model, **(nuts_kwargs or {})), global_moves)
+    moves = isinstance(kernel, GlobalMoves)
     mcmc = MCMC(
-        NUTS(model, **(nuts_kwargs or {})),
+        kernel,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
@@ -67,9 +71,12 @@ def _run_nuts(
     # Warm-up on its own, to count its gradients; the chains are those of one ``run``.
     mcmc.warmup(key, *args, collect_warmup=True, extra_fields=("num_steps",), **model_kwargs)
     warmup_grads = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
-    mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=_extra_fields(), **model_kwargs)
+    extra_fields = _extra_fields() + (GLOBAL_MOVE_FIELDS if moves else ())
+    mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=extra_fields, **model_kwargs)
     jax.block_until_ready(mcmc.get_samples())
     attrs = {"mcmc_seconds": time.perf_counter() - start, "warmup_grads": warmup_grads}
+    if moves:
+        attrs |= global_move_summary(mcmc.get_extra_fields())
     return mcmc, attrs
 
 
@@ -139,7 +146,7 @@ def _sample_stats(mcmc) -> dict:
         "n_steps": np.asarray(extra["num_steps"]),
         "acceptance_rate": np.asarray(extra["accept_prob"]),
         "lp": -np.asarray(extra["potential_energy"]),
-    }
+    } | {k: np.asarray(extra[k]) for k in GLOBAL_MOVE_FIELDS if k in extra}
 
 
 def _idata(posterior, unconstrained, mcmc, losses, attrs, *, nuts_kwargs, neutra):
@@ -179,6 +186,7 @@ def neutra_nuts(
     refine: bool | dict = False,
     nuts_kwargs: dict | None = None,
     mcmc_kwargs: dict | None = None,
+    global_moves=None,
     **model_kwargs,
 ):
     """NUTS on the geometry warped by a fitted guide (NumPyro's ``NeuTraReparam``).
@@ -205,6 +213,10 @@ def neutra_nuts(
             ``learning_rate``, ``batch_size``); ``False``: no refinement.
         nuts_kwargs: extra ``NUTS`` arguments.
         mcmc_kwargs: extra ``MCMC`` arguments (e.g. ``chain_method``).
+        global_moves: independence moves proposed from the guide between NUTS steps
+            (:class:`~numpyro_coupling.GlobalMoves`): ``None`` (none), ``True`` (rate
+            adapted in warm-up), a fixed rate, or a dict of its options. Their acceptance
+            goes to ``sample_stats`` and ``attrs`` (``global_acceptance_rate``, ...).
         **model_kwargs: model keyword arguments.
 
     Returns:
@@ -248,6 +260,7 @@ def neutra_nuts(
         progress_bar=progress_bar,
         nuts_kwargs=nuts_kwargs,
         mcmc_kwargs=mcmc_kwargs,
+        global_moves=global_moves,
     )
     z = mcmc.get_samples(group_by_chain=True)[f"{guide.prefix}_shared_latent"]
     posterior = neutra.transform_sample(z)
@@ -276,6 +289,7 @@ def neutra_mcmc(
     refine: bool | dict = False,
     nuts_kwargs: dict | None = None,
     mcmc_kwargs: dict | None = None,
+    global_moves=None,
     **model_kwargs,
 ):
     """NeuTra HMC: fit a guide by SVI, then run NUTS on the geometry it Gaussianises.
@@ -299,6 +313,9 @@ def neutra_mcmc(
             options; see :func:`neutra_nuts`.
         nuts_kwargs: extra ``NUTS`` arguments, e.g. ``{"target_accept_prob": 0.95}``.
         mcmc_kwargs: extra ``MCMC`` arguments (e.g. ``chain_method``).
+        global_moves: independence moves from the guide between NUTS steps, for
+            posteriors with several modes (see :func:`neutra_nuts`); the guide must put
+            mass on every mode (``fit_kwargs={"temper": ...}``).
         **model_kwargs: model keyword arguments.
 
     Returns:
@@ -351,6 +368,7 @@ def neutra_mcmc(
         refine=refine,
         nuts_kwargs=nuts_kwargs,
         mcmc_kwargs=mcmc_kwargs,
+        global_moves=global_moves,
         **model_kwargs,
     )
     idata.attrs["svi_seconds"] = svi_seconds
