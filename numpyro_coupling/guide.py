@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import warnings
 import weakref
 
@@ -24,7 +25,9 @@ import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions import TransformedDistribution, constraints
+from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoContinuous
+from numpyro.infer.elbo import ELBO, RenyiELBO
 from numpyro.infer.initialization import init_to_median
 
 from .bijection import Bijection, Chain, Invert
@@ -36,7 +39,13 @@ from .rbig_coupling import fit_rbig_coupling
 from .sites import discrete_latent_sites, prototype_trace, unconstrained_draws
 from .transformers import make_transformer
 
-__all__ = ["DENSE_CONDITION", "MAX_AUTO_DENSE_DIM", "PRECONDITIONS", "AutoCouplingFlow"]
+__all__ = [
+    "DENSE_CONDITION",
+    "MAX_AUTO_DENSE_DIM",
+    "PRECONDITIONS",
+    "STL_BIASED_OBJECTIVES",
+    "AutoCouplingFlow",
+]
 
 #: The guide's conditioner defaults (see the autoguide docs for what they were chosen on).
 _INPUT_BOUND = 5.0
@@ -67,6 +76,29 @@ def _checked_init_scale(value) -> float | str:
     if not (scale > 0 and np.isfinite(scale)):
         raise ValueError(f"init_scale must be 'auto' or a positive number, got {value!r}")
     return scale
+
+
+#: Objectives whose gradient "sticking the landing" biases: it drops the score term
+#: ``grad_phi log q``, whose expectation is zero only when each draw's weight in the loss is
+#: constant (KL objectives); Renyi/IWAE weights depend on the draw.
+STL_BIASED_OBJECTIVES = (RenyiELBO,)
+
+
+def _traced_objective():
+    """The NumPyro ELBO whose trace calls the guide now (from the call stack), or ``None``.
+
+    The guide is called by the objective (``ELBO.loss``) or by ``SVI.init``, which holds
+    it; neither tells the guide, so their frames are looked for. Only runs while tracing.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ELBO):
+            return owner
+        if isinstance(owner, SVI):
+            return owner.loss
+        frame = frame.f_back
+    return None
 
 
 def _condition_number(chol) -> float:
@@ -229,8 +261,11 @@ class AutoCouplingFlow(AutoContinuous):
             :func:`~numpyro_coupling.rbig_coupling.fit_rbig_coupling` of the draws in the
             unconstrained space (kept as ``warm_start_flow``; ``loc = 0``, ``scale = 1``).
         stl: the "sticking the landing" gradient for the guide's own SVI draws (lower
-            gradient noise near the optimum; unbiased for ``Trace_ELBO``-type objectives,
-            biased for ``RenyiELBO``; :meth:`get_posterior` stays differentiable).
+            gradient noise near the optimum; :meth:`get_posterior` stays differentiable).
+            It is unbiased for ``Trace_ELBO``-type objectives and biased for ``RenyiELBO``
+            (:data:`STL_BIASED_OBJECTIVES`). ``"auto"`` (default): on, except under an
+            objective it biases; ``True``: on (with a ``UserWarning`` under such an
+            objective); ``False``: off.
         **transformer_kwargs: the transformer's own options (``n_bins``, ``interval``,
             ``log_scale_bound``, ``n_components``).
 
@@ -267,7 +302,7 @@ class AutoCouplingFlow(AutoContinuous):
         precondition: str | None = "auto",
         prefix: str = "auto",
         warm_start: dict | None = None,
-        stl: bool = True,
+        stl: bool | str = "auto",
         **transformer_kwargs,
     ):
         if transformer is None:
@@ -294,7 +329,9 @@ class AutoCouplingFlow(AutoContinuous):
         self.precondition = precondition
         self.transformer_kwargs = dict(transformer_kwargs)
         self.warm_start = warm_start
-        self.stl = bool(stl)
+        if not (stl == "auto" or isinstance(stl, (bool, np.bool_))):
+            raise ValueError(f"stl must be 'auto', True or False, got {stl!r}")
+        self.stl = stl if stl == "auto" else bool(stl)
         # Validate the configuration now rather than at the first SVI step.
         make_transformer(transformer, **transformer_kwargs)
         if permutation not in PERMUTATIONS:
@@ -469,10 +506,28 @@ class AutoCouplingFlow(AutoContinuous):
             f"{self.prefix}_scale", self._init_scale_vec, constraint=constraints.positive
         )
         flow_params = numpyro.param(f"{self.prefix}_flow$params", self._flow_init)
-        stl = self.stl if stl is None else stl
+        stl = self._stl_for_objective() if stl is None else stl
         return _GuidePosterior(
             self.get_base_dist(), self._normaliser(loc, scale, flow_params), stl=stl
         )
+
+    def _stl_for_objective(self) -> bool:
+        """Whether the guide's own draws take the STL gradient under the running objective."""
+        if self.stl is False:
+            return False
+        objective = _traced_objective()
+        if not isinstance(objective, STL_BIASED_OBJECTIVES):
+            return True
+        if self.stl is True:
+            warnings.warn(
+                f"stl=True biases the gradient of {type(objective).__name__}: the dropped "
+                "score term averages to zero only for KL objectives (Trace_ELBO). Pass "
+                "stl='auto' (the default: off under this objective) or stl=False.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return True
+        return False
 
     def get_base_dist(self):
         return dist.Normal(

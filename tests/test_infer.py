@@ -549,3 +549,31 @@ def test_guide_diagnostics_score_peer_guides_without_an_inverse():
     )
     assert np.isfinite(idata.attrs["guide_k_hat"]) and idata.attrs["guide_ess"] > 0
     assert np.isfinite(sampling_efficiency(idata)["k_hat"])
+
+
+def _svi_grads(guide, elbo):
+    svi = SVI(gaussian_2d, guide, numpyro.optim.Adam(1e-3), elbo)
+    params = svi.get_params(svi.init(jr.key(0)))
+    return jax.jit(jax.grad(lambda p: elbo.loss(jr.key(1), p, gaussian_2d, guide)))(params)
+
+
+def test_stl_is_off_under_objectives_it_biases():
+    from numpyro.infer import RenyiELBO
+
+    def guide(stl):
+        return AutoCouplingFlow(gaussian_2d, n_layers=1, nn_width=2, precondition=None, stl=stl)
+
+    def close(a, b):
+        return all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    renyi = RenyiELBO(alpha=0.5, num_particles=4)
+    unbiased = _svi_grads(guide(False), renyi)
+    assert close(_svi_grads(guide("auto"), renyi), unbiased)
+    with pytest.warns(UserWarning, match="stl=True biases the gradient of RenyiELBO"):
+        assert not close(_svi_grads(guide(True), renyi), unbiased)
+    # Under Trace_ELBO "auto" is the STL gradient.
+    assert not close(
+        _svi_grads(guide("auto"), Trace_ELBO()), _svi_grads(guide(False), Trace_ELBO())
+    )
+    with pytest.raises(ValueError, match="stl"):
+        AutoCouplingFlow(gaussian_2d, stl="yes")
