@@ -207,6 +207,27 @@ def test_warm_start_is_the_rbig_fit(x64):
     np.testing.assert_allclose(got, jax.jit(rbig.log_prob)(X), atol=1e-6, rtol=0)
 
 
+def test_warm_start_never_starts_worse_than_cold():
+    from numpyro_coupling.targets import funnel_draws
+
+    # Draws from a funnel, repeated as a sticky chain repeats them: two RBIG layers leave
+    # the dependence of the width on v out, and the guide would put wide x in the neck.
+    draws = {k: np.repeat(v, 2, axis=0) for k, v in funnel_draws(300, dim=2).items()}
+    kw = {"transformer": "mixture", "n_layers": 2, "nn_width": 4, "n_components": 2}
+
+    def init(**extra):
+        guide = AutoCouplingFlow(funnel, **kw, **extra)
+        svi = SVI(funnel, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+        return guide, svi.get_params(svi.init(jr.key(0), 2))
+
+    with pytest.warns(UserWarning, match="starting cold"):
+        warm, warm_params = init(warm_start=draws)
+    assert warm.warm_start_scores["warm"] > warm.warm_start_scores["cold"]
+    _, cold_params = init()
+    for a, b in zip(jax.tree.leaves(warm_params), jax.tree.leaves(cold_params)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fit_guide_accepts_kwargs_and_instances():
     guide, _, losses = fit_guide(
         gaussian_2d, guide={"n_layers": 1, "nn_width": 4}, steps=5, progress_bar=False
