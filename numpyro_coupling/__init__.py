@@ -45,7 +45,14 @@ from .linear import (
     mixing_layer,
 )
 from .masks import alternating_mask, bit_masks, checkerboard_mask, half_mask
-from .neutra import GUIDE_DRAWS, neutra_mcmc, neutra_nuts, nuts_mcmc, sampling_efficiency
+from .neutra import (
+    GUIDE_DRAWS,
+    NUM_CHAINS,
+    neutra_mcmc,
+    neutra_nuts,
+    nuts_mcmc,
+    sampling_efficiency,
+)
 from .preconditioning import gaussian_fit
 from .rbig import RBIGFlow, RBIGLayers, fit_rbig
 from .rbig_coupling import fit_rbig_coupling
@@ -74,6 +81,7 @@ __all__ = [
     "COUPLINGS",
     "GUIDE_DRAWS",
     "MLP",
+    "NUM_CHAINS",
     "PERMUTATIONS",
     "TRANSFORMERS",
     "ActNorm1D",

@@ -110,7 +110,14 @@ def test_neutra_nuts_on_constrained_sites_and_plates(mixed_fit):
     # NumPyro's stock NeuTraReparam + NUTS, through neutra_nuts.
     guide, params, y = mixed_fit
     mcmc, idata = neutra_nuts(
-        mixed_supports, guide, params, y, num_warmup=20, num_samples=10, progress_bar=False
+        mixed_supports,
+        guide,
+        params,
+        y,
+        num_warmup=20,
+        num_samples=10,
+        num_chains=1,
+        progress_bar=False,
     )
     assert mcmc.get_samples()["auto_shared_latent"].shape == (10, guide.latent_dim)
     post = idata.posterior
@@ -437,8 +444,12 @@ def test_memo_serves_the_traced_log_det_and_keeps_no_tracer():
     np.testing.assert_allclose(log_det, pass_(jnp.array([0.5, -0.5]))[1], rtol=1e-5)
 
 
-def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites():
-    from numpyro_coupling import nuts_mcmc
+def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites(caplog):
+    import warnings
+
+    import arviz as az
+
+    from numpyro_coupling import NUM_CHAINS, nuts_mcmc
 
     def model():
         x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
@@ -453,6 +464,12 @@ def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites():
     )
     _, plain = nuts_mcmc(model, **small)
     for idata in (neutra, plain):
+        # Several chains by default, vectorised on one device: R-hat is there.
+        assert idata.posterior.sizes["chain"] == NUM_CHAINS and np.isfinite(idata.attrs["max_rhat"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert np.isfinite(az.summary(idata)["r_hat"]).all()
+        assert not [r for r in caplog.records if r.name.startswith("arviz")]
         assert set(idata.posterior.data_vars) == {"x", "twice"}
         np.testing.assert_allclose(idata.posterior["twice"], 2 * idata.posterior["x"], rtol=1e-6)
         assert set(idata.unconstrained_posterior.data_vars) == {"x"}
@@ -466,6 +483,7 @@ def test_neutra_mcmc_passes_nuts_kwargs():
             fit_kwargs={"steps": 20},
             num_warmup=200,
             num_samples=200,
+            num_chains=1,
             progress_bar=False,
             nuts_kwargs=nuts_kwargs,
         )
