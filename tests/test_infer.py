@@ -220,7 +220,13 @@ def test_warm_start_never_starts_worse_than_cold():
     # Draws from a funnel, repeated as a sticky chain repeats them: two RBIG layers leave
     # the dependence of the width on v out, and the guide would put wide x in the neck.
     draws = {k: np.repeat(v, 2, axis=0) for k, v in funnel_draws(300, dim=2).items()}
-    kw = {"transformer": "mixture", "n_layers": 2, "nn_width": 4, "n_components": 2}
+    kw = {
+        "transformer": "mixture",
+        "n_layers": 2,
+        "nn_width": 4,
+        "n_components": 2,
+        "precondition": None,
+    }
 
     def init(**extra):
         guide = AutoCouplingFlow(funnel, **kw, **extra)
