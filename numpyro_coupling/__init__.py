@@ -46,7 +46,14 @@ from .linear import (
     mixing_layer,
 )
 from .masks import alternating_mask, bit_masks, checkerboard_mask, half_mask
-from .neutra import GUIDE_DRAWS, neutra_mcmc, neutra_nuts, nuts_mcmc, sampling_efficiency
+from .neutra import (
+    GUIDE_DRAWS,
+    NUM_CHAINS,
+    neutra_mcmc,
+    neutra_nuts,
+    nuts_mcmc,
+    sampling_efficiency,
+)
 from .preconditioning import gaussian_fit
 from .rbig import RBIGFlow, RBIGLayers, fit_rbig
 from .rbig_coupling import fit_rbig_coupling
@@ -78,6 +85,7 @@ __all__ = [
     "GLOBAL_MOVE_FIELDS",
     "GUIDE_DRAWS",
     "MLP",
+    "NUM_CHAINS",
     "PERMUTATIONS",
     "TRANSFORMERS",
     "ActNorm1D",

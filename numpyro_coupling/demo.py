@@ -113,6 +113,7 @@ _COLUMNS = (
     ("svi_seconds", "SVI s", "{:.1f}"),
     ("k_hat", "guide k-hat", "{:.2f}"),
     ("min_ess", "min ESS", "{:.0f}"),
+    ("max_rhat", "max R-hat", "{:.3f}"),
     ("total_grads", "gradients (all)", "{:d}"),
     ("ess_per_total_grad", "ESS/grad (all)", "{:.4f}"),
     ("ess_per_grad", "ESS/grad (sampling)", "{:.4f}"),

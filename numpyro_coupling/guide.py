@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import warnings
 import weakref
 
@@ -24,7 +25,9 @@ import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions import TransformedDistribution, constraints
+from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoContinuous
+from numpyro.infer.elbo import ELBO, RenyiELBO
 from numpyro.infer.initialization import init_to_median
 
 from .bijection import Bijection, Chain, Invert
@@ -36,7 +39,14 @@ from .rbig_coupling import fit_rbig_coupling
 from .sites import discrete_latent_sites, prototype_trace, unconstrained_draws
 from .transformers import make_transformer
 
-__all__ = ["DENSE_CONDITION", "MAX_AUTO_DENSE_DIM", "PRECONDITIONS", "AutoCouplingFlow"]
+__all__ = [
+    "DENSE_CONDITION",
+    "MAX_AUTO_DENSE_DIM",
+    "PRECONDITIONS",
+    "STL_BIASED_OBJECTIVES",
+    "WARM_START_DRAWS",
+    "AutoCouplingFlow",
+]
 
 #: The guide's conditioner defaults (see the autoguide docs for what they were chosen on).
 _INPUT_BOUND = 5.0
@@ -47,6 +57,9 @@ PRECONDITIONS = ("auto", "dense", None)
 #: ``precondition="auto"`` fits the Gaussian up to this many latent dimensions (its
 #: variational fit costs ``4 d`` gradients an iteration and ``d^2`` parameters).
 MAX_AUTO_DENSE_DIM = 200
+
+#: Base draws on which ``warm_start``'s initial guide is scored against the cold start.
+WARM_START_DRAWS = 256
 
 #: ``precondition="auto"`` starts from the fitted Gaussian (a dense layer) when the
 #: condition number of its correlation matrix exceeds this (two coordinates correlated at
@@ -67,6 +80,40 @@ def _checked_init_scale(value) -> float | str:
     if not (scale > 0 and np.isfinite(scale)):
         raise ValueError(f"init_scale must be 'auto' or a positive number, got {value!r}")
     return scale
+
+
+#: Objectives whose gradient "sticking the landing" biases: it drops the score term
+#: ``grad_phi log q``, whose expectation is zero only when each draw's weight in the loss is
+#: constant (KL objectives); Renyi/IWAE weights depend on the draw.
+STL_BIASED_OBJECTIVES = (RenyiELBO,)
+
+
+def _traced_objective():
+    """The NumPyro ELBO whose trace calls the guide now (from the call stack), or ``None``.
+
+    The guide is called by the objective (``ELBO.loss``) or by ``SVI.init``, which holds
+    it; neither tells the guide, so their frames are looked for. Only runs while tracing.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ELBO):
+            return owner
+        if isinstance(owner, SVI):
+            return owner.loss
+        frame = frame.f_back
+    return None
+
+
+def _guide_chain(layers, loc, scale, gaussian) -> Chain:
+    """The guide's normaliser: ``[DenseAffine(gaussian)] -> ActNorm(loc, scale) -> layers``."""
+    norm = ActNorm1D((loc.shape[-1],), dtype=jnp.result_type(loc))
+    norm.loc, norm.log_scale = loc, jnp.log(scale)
+    chain = [norm, layers]
+    if gaussian is not None:
+        # A fixed layer (no numpyro.param): the Gaussian the fit started from.
+        chain.insert(0, DenseAffine(gaussian.loc, gaussian.chol))
+    return Chain(chain)
 
 
 def _condition_number(chol) -> float:
@@ -227,10 +274,16 @@ class AutoCouplingFlow(AutoContinuous):
         warm_start: optional dict ``site -> draws`` (leading axis: draws, constrained
             space, e.g. from a pilot NUTS run): the flow starts as
             :func:`~numpyro_coupling.rbig_coupling.fit_rbig_coupling` of the draws in the
-            unconstrained space (kept as ``warm_start_flow``; ``loc = 0``, ``scale = 1``).
+            unconstrained space (kept as ``warm_start_flow``; ``loc = 0``, ``scale = 1``;
+            repeated draws count once), unless the start without draws has the lower
+            negative ELBO on :data:`WARM_START_DRAWS` draws: then the guide starts there,
+            with a ``UserWarning`` (both scores kept as ``warm_start_scores``).
         stl: the "sticking the landing" gradient for the guide's own SVI draws (lower
-            gradient noise near the optimum; unbiased for ``Trace_ELBO``-type objectives,
-            biased for ``RenyiELBO``; :meth:`get_posterior` stays differentiable).
+            gradient noise near the optimum; :meth:`get_posterior` stays differentiable).
+            It is unbiased for ``Trace_ELBO``-type objectives and biased for ``RenyiELBO``
+            (:data:`STL_BIASED_OBJECTIVES`). ``"auto"`` (default): on, except under an
+            objective it biases; ``True``: on (with a ``UserWarning`` under such an
+            objective); ``False``: off.
         **transformer_kwargs: the transformer's own options (``n_bins``, ``interval``,
             ``log_scale_bound``, ``n_components``).
 
@@ -267,7 +320,7 @@ class AutoCouplingFlow(AutoContinuous):
         precondition: str | None = "auto",
         prefix: str = "auto",
         warm_start: dict | None = None,
-        stl: bool = True,
+        stl: bool | str = "auto",
         **transformer_kwargs,
     ):
         if transformer is None:
@@ -294,7 +347,9 @@ class AutoCouplingFlow(AutoContinuous):
         self.precondition = precondition
         self.transformer_kwargs = dict(transformer_kwargs)
         self.warm_start = warm_start
-        self.stl = bool(stl)
+        if not (stl == "auto" or isinstance(stl, (bool, np.bool_))):
+            raise ValueError(f"stl must be 'auto', True or False, got {stl!r}")
+        self.stl = stl if stl == "auto" else bool(stl)
         # Validate the configuration now rather than at the first SVI step.
         make_transformer(transformer, **transformer_kwargs)
         if permutation not in PERMUTATIONS:
@@ -321,32 +376,7 @@ class AutoCouplingFlow(AutoContinuous):
         self._warn_about_coverage(d)
         key = numpyro.prng_key()
         key = jr.key(0) if key is None else key
-        if self.warm_start is not None:
-            with handlers.block():
-                flat = self.unconstrained_latent(self.warm_start).reshape(-1, d).astype(dtype)
-                layers = self._rbig_layers(flat, key)
-            loc, scale = jnp.zeros(d, dtype), jnp.ones(d, dtype)
-        else:
-            layers = coupling_layers(
-                key,
-                d,
-                transformer=self.transformer,
-                n_layers=self.n_layers,
-                nn_width=self.nn_width,
-                nn_depth=self.nn_depth,
-                permutation=self.permutation,
-                activation=self.activation,
-                input_bound=self.input_bound,
-                linear_rank=self.linear_rank,
-                dtype=dtype,
-                **self.transformer_kwargs,
-            )
-            loc = self._init_latent.astype(dtype)
-            if self.init_scale == "auto":
-                with handlers.block():
-                    scale = self._curvature_scale(key).astype(dtype)
-            else:
-                scale = jnp.full(d, self.init_scale, dtype)
+        layers, loc, scale = self._cold_start(key, dtype)
         self.gaussian, self.precondition_grads = None, 0
         if self._wants_gaussian():
             with handlers.block():
@@ -361,10 +391,80 @@ class AutoCouplingFlow(AutoContinuous):
                     # The guide starts as the fitted Gaussian: its loc/scale act after it.
                     self.gaussian = fit
                     loc, scale = jnp.zeros(d, dtype), jnp.ones(d, dtype)
+        if self.warm_start is not None:
+            layers, loc, scale = self._warm_or_cold(key, dtype, (layers, loc, scale))
         self._init_loc, self._init_scale_vec = loc, scale
         flow_params, self._flow_static = eqx.partition(layers, eqx.is_inexact_array)
         # Arrays, not the module: numpyro.param would call a module as an initialiser.
         self._flow_init, self._unravel_flow = _pack_leaves(flow_params)
+
+    def _cold_start(self, key, dtype):
+        """The couplings, ``loc`` and ``scale`` of a start without draws (before any fit)."""
+        layers = coupling_layers(
+            key,
+            self.latent_dim,
+            transformer=self.transformer,
+            n_layers=self.n_layers,
+            nn_width=self.nn_width,
+            nn_depth=self.nn_depth,
+            permutation=self.permutation,
+            activation=self.activation,
+            input_bound=self.input_bound,
+            linear_rank=self.linear_rank,
+            dtype=dtype,
+            **self.transformer_kwargs,
+        )
+        loc = self._init_latent.astype(dtype)
+        if self.init_scale == "auto":
+            with handlers.block():
+                scale = self._curvature_scale(key).astype(dtype)
+        else:
+            scale = jnp.full(self.latent_dim, self.init_scale, dtype)
+        return layers, loc, scale
+
+    def _warm_or_cold(self, key, dtype, cold):
+        """The RBIG fit of ``warm_start`` or the ``cold`` start, whichever has the lower KL.
+
+        A density fitted to draws covers their mass but can spread it where the posterior
+        has none (RBIG's few greedy layers leave much of a funnel's dependence between
+        scale and width out, so the guide puts wide coordinates in the narrow neck); the
+        guide's loss is ``KL(q || p)``, which such mass makes large. Both starts are scored
+        by their negative ELBO on the same :data:`WARM_START_DRAWS` base draws.
+        """
+        d = self.latent_dim
+        with handlers.block():
+            flat = self.unconstrained_latent(self.warm_start).reshape(-1, d).astype(dtype)
+            warm = (self._rbig_layers(flat, key), jnp.zeros(d, dtype), jnp.ones(d, dtype))
+            z = jr.normal(jr.fold_in(key, 3), (WARM_START_DRAWS, d), dtype)
+            cold_score = self._start_score(_guide_chain(*cold, self.gaussian), z)
+            warm_score = self._start_score(_guide_chain(*warm, None), z)
+        self.warm_start_scores = {"warm": warm_score, "cold": cold_score}
+        if warm_score <= cold_score:
+            self.gaussian = None
+            return warm
+        warnings.warn(
+            f"warm_start's initial guide scores a negative ELBO of {warm_score:.4g} against "
+            f"{cold_score:.4g} for the cold start (on {WARM_START_DRAWS} draws): starting "
+            "cold. The draws' density fit spreads the guide where the posterior has little "
+            "mass; more draws, better-mixed draws (neutra_mcmc) or a larger n_layers may "
+            "help, and warm_start=None skips the fit.",
+            UserWarning,
+            stacklevel=5,
+        )
+        return cold
+
+    def _start_score(self, normaliser, z) -> float:
+        """Monte-Carlo negative ELBO of the guide ``Invert(normaliser)`` of ``N(0, I)`` (inf
+        where a draw is not finite)."""
+
+        @eqx.filter_jit
+        def negative_elbo(normaliser, z):
+            x, log_det = Invert(normaliser).transform_and_log_det(z)
+            log_q = jnp.sum(jax.scipy.stats.norm.logpdf(z), -1) - log_det
+            return jnp.mean(log_q + jax.vmap(self._flat_potential)(x))
+
+        score = float(negative_elbo(normaliser, z))
+        return score if np.isfinite(score) else float("inf")
 
     def _flat_potential(self, x):
         """The model's potential (negative log density) at a flat unconstrained latent ``x``."""
@@ -391,6 +491,10 @@ class AutoCouplingFlow(AutoContinuous):
         if self.latent_dim < 2:
             raise ValueError("warm_start needs at least 2 latent dimensions (a coupling split)")
         self.warm_start_key = key
+        # A Markov chain repeats its draw at every rejected proposal (a sticky funnel
+        # neck repeats it dozens of times): repeats are not ties of the density, and
+        # RBIG refuses tied columns, so each distinct draw counts once.
+        draws = np.unique(np.asarray(draws), axis=0)
         # Each RBIG block becomes two couplings (one per half of the coordinates).
         self.warm_start_flow = fit_rbig_coupling(
             draws,
@@ -429,13 +533,8 @@ class AutoCouplingFlow(AutoContinuous):
 
     # --- the flow -------------------------------------------------------------------
     def _normaliser(self, loc, scale, flow_params) -> Chain:
-        norm = ActNorm1D((self.latent_dim,), dtype=jnp.result_type(loc))
-        norm.loc, norm.log_scale = loc, jnp.log(scale)
-        layers = [norm, eqx.combine(self._unravel_flow(flow_params), self._flow_static)]
-        if self.gaussian is not None:
-            # A fixed layer (no numpyro.param): the Gaussian the fit started from.
-            layers.insert(0, DenseAffine(self.gaussian.loc, self.gaussian.chol))
-        return Chain(layers)
+        layers = eqx.combine(self._unravel_flow(flow_params), self._flow_static)
+        return _guide_chain(layers, loc, scale, self.gaussian)
 
     def _warn_about_coverage(self, dim: int):
         # Past C(2p, p) coordinates the bits masks repeat codes: some pairs never meet.
@@ -452,7 +551,8 @@ class AutoCouplingFlow(AutoContinuous):
             )
 
     def _wants_gaussian(self) -> bool:
-        if self.warm_start is not None or self.precondition is None:
+        # With ``warm_start`` the fit is the cold start the warm one is scored against.
+        if self.precondition is None:
             return False
         return self.precondition != "auto" or self.latent_dim <= MAX_AUTO_DENSE_DIM
 
@@ -469,10 +569,28 @@ class AutoCouplingFlow(AutoContinuous):
             f"{self.prefix}_scale", self._init_scale_vec, constraint=constraints.positive
         )
         flow_params = numpyro.param(f"{self.prefix}_flow$params", self._flow_init)
-        stl = self.stl if stl is None else stl
+        stl = self._stl_for_objective() if stl is None else stl
         return _GuidePosterior(
             self.get_base_dist(), self._normaliser(loc, scale, flow_params), stl=stl
         )
+
+    def _stl_for_objective(self) -> bool:
+        """Whether the guide's own draws take the STL gradient under the running objective."""
+        if self.stl is False:
+            return False
+        objective = _traced_objective()
+        if not isinstance(objective, STL_BIASED_OBJECTIVES):
+            return True
+        if self.stl is True:
+            warnings.warn(
+                f"stl=True biases the gradient of {type(objective).__name__}: the dropped "
+                "score term averages to zero only for KL objectives (Trace_ELBO). Pass "
+                "stl='auto' (the default: off under this objective) or stl=False.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return True
+        return False
 
     def get_base_dist(self):
         return dist.Normal(

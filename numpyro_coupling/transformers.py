@@ -79,6 +79,23 @@ def _log_inverse_mills(z, log_ndtr_z):
     return jnp.where(z < -_MILLS_SWITCH, jnp.log(f), _log_normal_pdf(z) - log_ndtr_z)
 
 
+def _log_ndtr_fast(z):
+    """``log Phi(z)`` for the inverse's iterations: one ``erfc`` where ``log_ndtr`` takes four.
+
+    Above ``log_ndtr``'s lower segment it is ``log(erfc(-z / sqrt 2) / 2)``, which loses only
+    ``Phi(-z)`` (a few ulps) for large ``z``; below, the same asymptotic series (three
+    terms). It steers the root-finding; the forward map keeps ``log_ndtr``.
+    """
+    lower = -20.0 if jnp.dtype(z.dtype).itemsize == 8 else -10.0
+    inner = jnp.maximum(z, lower)
+    direct = jnp.log(0.5 * jax.scipy.special.erfc(-inner * (1 / math.sqrt(2))))
+    outer = jnp.minimum(z, lower)
+    w = 1 / (outer * outer)
+    series = 1 + w * (-1 + w * (3 + w * -15))
+    tail = -0.5 * outer * outer - jnp.log(-outer) - _HALF_LOG_2PI + jnp.log(series)
+    return jnp.where(z > lower, direct, tail)
+
+
 @jax.custom_jvp
 def _log_ndtr(z):
     """``log Phi(z)`` whose derivative ``phi(z) / Phi(z)`` stays accurate in the far tail."""
@@ -113,10 +130,13 @@ def log_ndtri(log_p):
     t = -2.0 * jnp.minimum(log_p, -1.0)
     asym = -jnp.sqrt(t - jnp.log(t) - math.log(2 * math.pi))
     y = jnp.where(log_p > -30.0, direct, asym)
-    for _ in range(3):
+
+    def newton(_, y):
         lp = log_ndtr(y)
-        y = y - (lp - log_p) * jnp.exp(-_log_inverse_mills(y, lp))
-    return y
+        return y - (lp - log_p) * jnp.exp(-_log_inverse_mills(y, lp))
+
+    # A loop, not three unrolled steps: one copy of the step in the compiled program.
+    return jax.lax.fori_loop(0, 3, newton, y)
 
 
 @log_ndtri.defjvp
@@ -367,7 +387,8 @@ class MixtureGaussianCDF(Transformer):
         # finite, saturated answer rather than NaN; no effect on any realistic input.
         z_max = math.sqrt(float(jnp.finfo(jnp.result_type(z)).max)) / 2
         z = jnp.clip(z, -z_max, z_max)
-        log_cdf_z, log_sf_z = _log_ndtr(z), _log_ndtr(-z)
+        # Both tails in one call: one copy of log_ndtr (and its jvp) in the program.
+        log_cdf_z, log_sf_z = _log_ndtr(jnp.stack([z, -z]))
         log_cdf_k, log_sf_k = log_w + log_cdf_z, log_w + log_sf_z
         log_cdf, log_sf = logsumexp(log_cdf_k, -1), logsumexp(log_sf_k, -1)
         # Work in the smaller tail (selected with ``where``: ``minimum`` would split the
@@ -395,35 +416,102 @@ class MixtureGaussianCDF(Transformer):
         return x, -log_det
 
 
+#: Most iterations of the inverse's safeguarded Newton (each at least halves the bracket
+#: once Newton leaves it, so float64's bracket is resolved well within them).
+_ROOT_MAX_ITER = 80
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _root(transformer, y, params):
-    """Solve ``forward(x, params) = y`` for ``x`` (no gradients; see the jvp rule)."""
+    """Solve ``forward(x, params) = y`` for ``x`` (no gradients; see the jvp rule).
+
+    By the map's symmetry (``forward(x; means) = y`` iff ``forward(-x; -means) = -y``) the
+    solve runs in the lower tail, ``log F(x) = log Phi(-|y|)`` with ``F`` the mixture CDF:
+    each iteration costs one CDF per component and no quantile (in log space only when a
+    target lies in the deep tail), and ``log F`` is nearly concave, where Newton converges
+    from either side. A step that leaves the bracket, or does not shrink fast, bisects it
+    instead. Every coordinate stops once its residual is at the precision of ``log F`` or
+    its step at that of ``x``; the loop ends when all have.
+    """
     y = jax.lax.stop_gradient(y)
     params = jax.lax.stop_gradient(params)
-    _, means, log_scales = transformer.unpack(params)
+    log_w, means, log_scales = transformer.unpack(params)
+    scales = jnp.exp(log_scales)
+    sign = jnp.where(y > 0, -1.0, 1.0).astype(y.dtype)
+    t = -jnp.abs(y)
+    means = means * sign[..., None]
+    target = log_ndtr(t)
     # Exact bracket: F(x) is a convex combination of Phi((x - mu_k)/sigma_k), so the root
-    # lies between min_k and max_k of (mu_k + sigma_k * y).
-    cand = means + jnp.exp(log_scales) * y[..., None]
+    # lies between min_k and max_k of (mu_k + sigma_k * t).
+    cand = means + scales * t[..., None]
     lo, hi = jnp.min(cand, -1), jnp.max(cand, -1)
     pad = 1e-3 * (1.0 + jnp.abs(lo) + jnp.abs(hi))
     lo, hi = lo - pad, hi + pad
-    n_bisect = 40 if jnp.result_type(y) == jnp.float32 else 64
+    eps = jnp.finfo(y.dtype).eps
+    z_max = math.sqrt(float(jnp.finfo(y.dtype).max)) / 2
+    # log F's rounding error near the root, and the x resolution worth reaching.
+    residual_tol = 2 * eps * (1.0 + jnp.abs(target))
+    scale_tol = eps * jnp.min(scales, -1)
 
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        above = transformer._forward(mid, params)[0] > y
-        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+    def log_space(x):
+        """``log F(x) - log Phi(t)`` and ``(log F)'(x)``, accurate down to underflow."""
+        z = jnp.clip((x[..., None] - means) / scales, -z_max, z_max)
+        log_ndtr_z = _log_ndtr_fast(z)
+        log_cdf_k = log_w + log_ndtr_z
+        top = jnp.max(log_cdf_k, -1, keepdims=True)
+        mass = jnp.exp(log_cdf_k - top)  # the components' shares of F, unnormalised
+        total = jnp.sum(mass, -1)
+        # (log F)' = sum_k r_k h(z_k) / sigma_k, r_k the shares and h the inverse Mills
+        # ratio (log pdf - log F would cancel catastrophically in the tail). The slope
+        # only steers Newton: below -6, h(z) ~ |z| + 1/|z| is close enough.
+        t = jnp.maximum(-z, _MILLS_SWITCH)
+        h = jnp.where(z < -_MILLS_SWITCH, t + 1 / t, jnp.exp(_log_normal_pdf(z) - log_ndtr_z))
+        slope = jnp.sum(mass * h / scales, -1) / total
+        return top[..., 0] + jnp.log(total) - target, slope
 
-    lo, hi = jax.lax.fori_loop(0, n_bisect, bisect, (lo, hi))
-    x = 0.5 * (lo + hi)
+    weights = jnp.exp(log_w)
 
-    def newton(_, x):
-        fx, log_det = transformer._forward(x, params)
-        step = (fx - y) * jnp.exp(-log_det)
-        return jnp.clip(x - step, lo, hi)
+    def probability_space(x):
+        """The same from ``F`` itself: half the work, for targets above the deep tail (a
+        point where ``F`` underflows gives ``-inf``, and a bisection)."""
+        z = jnp.clip((x[..., None] - means) / scales, -z_max, z_max)
+        cdf = jnp.sum(weights * jax.scipy.special.erfc(z * (-1 / math.sqrt(2))), -1) / 2
+        pdf = jnp.sum(weights * jnp.exp(-0.5 * z * z) / scales, -1) * math.exp(-_HALF_LOG_2PI)
+        return jnp.log(cdf) - target, pdf / cdf
 
-    return jax.lax.fori_loop(0, 2, newton, x)
+    def solve(residual_and_slope):
+        def body(state):
+            x, lo, hi, step, last_step, done, i = state
+            g, slope = residual_and_slope(x)
+            lo, hi = jnp.where(g < 0, x, lo), jnp.where(g > 0, x, hi)
+            newton = x - g / slope
+            # Newton where it stays inside the bracket and at least halves the step
+            # before last (so it cannot cycle across a steep component); else bisection.
+            fast = (newton > lo) & (newton < hi) & (2 * jnp.abs(newton - x) <= jnp.abs(last_step))
+            new_step = jnp.where(fast, newton, 0.5 * (lo + hi)) - x
+            settled = jnp.abs(g) <= residual_tol
+            x_next = jnp.where(done | settled, x, x + new_step)
+            step_tol = eps * jnp.abs(x) + scale_tol
+            done = done | settled | (jnp.abs(new_step) <= step_tol) | (hi - lo <= step_tol)
+            return x_next, lo, hi, new_step, step, done, i + 1
+
+        def cond(state):
+            return (state[-1] < _ROOT_MAX_ITER) & ~jnp.all(state[-2])
+
+        def run(state):
+            return jax.lax.while_loop(cond, body, state)[0]
+
+        return run
+
+    # The root when every component has the same shape, and near it when they overlap.
+    x0 = jnp.clip(jnp.sum(weights * cand, -1), lo, hi)
+    width = hi - lo
+    start = (x0, lo, hi, width, width, jnp.zeros(jnp.shape(y), bool), 0)
+    # Phi(t) and the dominant components' CDFs at the root stay far from underflow above
+    # log_ndtr's lower segment; below it, the log-space iterations.
+    deep = jnp.any(t < (-20.0 if jnp.dtype(y.dtype).itemsize == 8 else -10.0))
+    x = jax.lax.cond(deep, solve(log_space), solve(probability_space), start)
+    return sign * x
 
 
 @_root.defjvp

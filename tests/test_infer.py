@@ -110,7 +110,14 @@ def test_neutra_nuts_on_constrained_sites_and_plates(mixed_fit):
     # NumPyro's stock NeuTraReparam + NUTS, through neutra_nuts.
     guide, params, y = mixed_fit
     mcmc, idata = neutra_nuts(
-        mixed_supports, guide, params, y, num_warmup=20, num_samples=10, progress_bar=False
+        mixed_supports,
+        guide,
+        params,
+        y,
+        num_warmup=20,
+        num_samples=10,
+        num_chains=1,
+        progress_bar=False,
     )
     assert mcmc.get_samples()["auto_shared_latent"].shape == (10, guide.latent_dim)
     post = idata.posterior
@@ -205,6 +212,33 @@ def test_warm_start_is_the_rbig_fit(x64):
     # Jitted: op-by-op, the mixture CDFs compile dozens of tiny programs.
     got = jax.jit(lambda p, x: guide.get_posterior(p).log_prob(x))(params, X)
     np.testing.assert_allclose(got, jax.jit(rbig.log_prob)(X), atol=1e-6, rtol=0)
+
+
+def test_warm_start_never_starts_worse_than_cold():
+    from numpyro_coupling.targets import funnel_draws
+
+    # Draws from a funnel, repeated as a sticky chain repeats them: two RBIG layers leave
+    # the dependence of the width on v out, and the guide would put wide x in the neck.
+    draws = {k: np.repeat(v, 2, axis=0) for k, v in funnel_draws(300, dim=2).items()}
+    kw = {
+        "transformer": "mixture",
+        "n_layers": 2,
+        "nn_width": 4,
+        "n_components": 2,
+        "precondition": None,
+    }
+
+    def init(**extra):
+        guide = AutoCouplingFlow(funnel, **kw, **extra)
+        svi = SVI(funnel, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+        return guide, svi.get_params(svi.init(jr.key(0), 2))
+
+    with pytest.warns(UserWarning, match="starting cold"):
+        warm, warm_params = init(warm_start=draws)
+    assert warm.warm_start_scores["warm"] > warm.warm_start_scores["cold"]
+    _, cold_params = init()
+    for a, b in zip(jax.tree.leaves(warm_params), jax.tree.leaves(cold_params)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_fit_guide_accepts_kwargs_and_instances():
@@ -441,8 +475,12 @@ def test_memo_serves_the_traced_log_det_and_keeps_no_tracer():
     np.testing.assert_allclose(log_det, pass_(jnp.array([0.5, -0.5]))[1], rtol=1e-5)
 
 
-def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites():
-    from numpyro_coupling import nuts_mcmc
+def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites(caplog):
+    import warnings
+
+    import arviz as az
+
+    from numpyro_coupling import NUM_CHAINS, nuts_mcmc
 
     def model():
         x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
@@ -457,6 +495,12 @@ def test_neutra_mcmc_takes_the_fit_options_and_both_keep_deterministic_sites():
     )
     _, plain = nuts_mcmc(model, **small)
     for idata in (neutra, plain):
+        # Several chains by default, vectorised on one device: R-hat is there.
+        assert idata.posterior.sizes["chain"] == NUM_CHAINS and np.isfinite(idata.attrs["max_rhat"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert np.isfinite(az.summary(idata)["r_hat"]).all()
+        assert not [r for r in caplog.records if r.name.startswith("arviz")]
         assert set(idata.posterior.data_vars) == {"x", "twice"}
         np.testing.assert_allclose(idata.posterior["twice"], 2 * idata.posterior["x"], rtol=1e-6)
         assert set(idata.unconstrained_posterior.data_vars) == {"x"}
@@ -470,6 +514,7 @@ def test_neutra_mcmc_passes_nuts_kwargs():
             fit_kwargs={"steps": 20},
             num_warmup=200,
             num_samples=200,
+            num_chains=1,
             progress_bar=False,
             nuts_kwargs=nuts_kwargs,
         )
@@ -574,3 +619,31 @@ def test_guide_diagnostics_score_peer_guides_without_an_inverse():
     )
     assert np.isfinite(idata.attrs["guide_k_hat"]) and idata.attrs["guide_ess"] > 0
     assert np.isfinite(sampling_efficiency(idata)["k_hat"])
+
+
+def _svi_grads(guide, elbo):
+    svi = SVI(gaussian_2d, guide, numpyro.optim.Adam(1e-3), elbo)
+    params = svi.get_params(svi.init(jr.key(0)))
+    return jax.jit(jax.grad(lambda p: elbo.loss(jr.key(1), p, gaussian_2d, guide)))(params)
+
+
+def test_stl_is_off_under_objectives_it_biases():
+    from numpyro.infer import RenyiELBO
+
+    def guide(stl):
+        return AutoCouplingFlow(gaussian_2d, n_layers=1, nn_width=2, precondition=None, stl=stl)
+
+    def close(a, b):
+        return all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    renyi = RenyiELBO(alpha=0.5, num_particles=4)
+    unbiased = _svi_grads(guide(False), renyi)
+    assert close(_svi_grads(guide("auto"), renyi), unbiased)
+    with pytest.warns(UserWarning, match="stl=True biases the gradient of RenyiELBO"):
+        assert not close(_svi_grads(guide(True), renyi), unbiased)
+    # Under Trace_ELBO "auto" is the STL gradient.
+    assert not close(
+        _svi_grads(guide("auto"), Trace_ELBO()), _svi_grads(guide(False), Trace_ELBO())
+    )
+    with pytest.raises(ValueError, match="stl"):
+        AutoCouplingFlow(gaussian_2d, stl="yes")
