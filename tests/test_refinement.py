@@ -75,11 +75,13 @@ def test_neutra_refines_in_warm_up_and_counts_its_gradients():
         fit_kwargs={"steps": 50},
         num_warmup=60,
         num_samples=20,
+        num_chains=2,
         refine={"steps": 20},
         progress_bar=False,
     )
     attrs = idata.attrs
-    assert attrs["refine_grads"] > 24  # the pilot's leapfrog steps and its 24 scores
+    # The pilot's leapfrog steps and one score for each of its pooled draws (24 a chain).
+    assert attrs["refine_grads"] > 48
     assert attrs["warmup_grads"] > attrs["refine_grads"]
     assert np.isfinite(attrs["refine_loss_last"])
-    assert idata.posterior["v"].shape == (1, 20)
+    assert idata.posterior["v"].shape == (2, 20)
