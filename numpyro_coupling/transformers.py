@@ -25,7 +25,16 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import log_ndtr, logsumexp, ndtri
+from jax.scipy.special import log_ndtr, logsumexp
+
+from .normal_tails import (
+    MILLS_SWITCH,
+    log_inverse_mills,
+    log_ndtr_fast,
+    log_ndtri,
+    log_normal_pdf,
+    stable_log_ndtr,
+)
 
 __all__ = [
     "TRANSFORMERS",
@@ -36,13 +45,10 @@ __all__ = [
     "MixtureGaussianCDF",
     "RQSpline",
     "Transformer",
-    "log_ndtri",
     "make_transformer",
     "soft_clamp",
     "transformer_options",
 ]
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _check_positive(name, value):
@@ -53,98 +59,6 @@ def _check_positive(name, value):
 def soft_clamp(x, bound):
     """Smoothly squash ``x`` into ``(-bound, bound)``; identity-like near zero."""
     return bound * jnp.tanh(x / bound)
-
-
-def _log_normal_pdf(z):
-    return -0.5 * z * z - _HALF_LOG_2PI
-
-
-_MILLS_SWITCH = 6.0  # below -6, phi/Phi by continued fraction; above, directly
-# Continued-fraction terms for t >= 6: relative error 5e-10 (float32) and < 1e-15 (float64).
-_MILLS_TERMS = {4: 8, 8: 16}
-
-
-def _log_inverse_mills(z, log_ndtr_z):
-    """``log(phi(z) / Phi(z))`` without cancellation for any ``z``, given ``log Phi(z)``.
-
-    Directly for ``z >= -6``; below, Laplace's continued fraction for the Mills ratio,
-    ``Phi(-t) / phi(t) = 1 / (t + 1 / (t + 2 / (t + ...)))``, which avoids subtracting
-    ``log Phi(z) ~ -z^2 / 2`` from ``log phi(z)``, two large and nearly equal numbers.
-    Taking ``log Phi(z)`` as an argument lets callers reuse the value they already have.
-    """
-    t = jnp.maximum(-z, _MILLS_SWITCH)
-    f = t
-    for k in range(_MILLS_TERMS.get(jnp.dtype(t.dtype).itemsize, 16), 0, -1):
-        f = t + k / f
-    return jnp.where(z < -_MILLS_SWITCH, jnp.log(f), _log_normal_pdf(z) - log_ndtr_z)
-
-
-def _log_ndtr_fast(z):
-    """``log Phi(z)`` for the inverse's iterations: one ``erfc`` where ``log_ndtr`` takes four.
-
-    Above ``log_ndtr``'s lower segment it is ``log(erfc(-z / sqrt 2) / 2)``, which loses only
-    ``Phi(-z)`` (a few ulps) for large ``z``; below, the same asymptotic series (three
-    terms). It steers the root-finding; the forward map keeps ``log_ndtr``.
-    """
-    lower = -20.0 if jnp.dtype(z.dtype).itemsize == 8 else -10.0
-    inner = jnp.maximum(z, lower)
-    direct = jnp.log(0.5 * jax.scipy.special.erfc(-inner * (1 / math.sqrt(2))))
-    outer = jnp.minimum(z, lower)
-    w = 1 / (outer * outer)
-    series = 1 + w * (-1 + w * (3 + w * -15))
-    tail = -0.5 * outer * outer - jnp.log(-outer) - _HALF_LOG_2PI + jnp.log(series)
-    return jnp.where(z > lower, direct, tail)
-
-
-@jax.custom_jvp
-def _log_ndtr(z):
-    """``log Phi(z)`` whose derivative ``phi(z) / Phi(z)`` stays accurate in the far tail."""
-    return log_ndtr(z)
-
-
-@_log_ndtr.defjvp
-def _log_ndtr_jvp(primals, tangents):
-    (z,), (dz,) = primals, tangents
-    log_p = _log_ndtr(z)
-    return log_p, dz * jnp.exp(_log_inverse_mills(z, log_p))
-
-
-@jax.custom_jvp
-def log_ndtri(log_p):
-    """Inverse of ``log_ndtr``: the ``y`` with ``log Phi(y) = log_p`` for ``log_p <= log 1/2``.
-
-    Works where ``exp(log_p)`` underflows (far lower tail), which is what keeps the
-    mixture-CDF transformer injective and its log-det finite in the tails.
-
-    Args:
-        log_p: ``(...)`` log-probabilities, at most ``log(0.5)``.
-
-    Returns:
-        ``(...)`` standard-normal quantiles (all ``<= 0``).
-    """
-    dtype = jnp.result_type(log_p)
-    tiny = jnp.finfo(dtype).tiny
-    # Start from the direct quantile where exp() is representable, else the
-    # leading term of the Mills-ratio asymptotic; Newton on log_ndtr then polishes.
-    direct = ndtri(jnp.clip(jnp.exp(log_p), tiny, 0.5))
-    t = -2.0 * jnp.minimum(log_p, -1.0)
-    asym = -jnp.sqrt(t - jnp.log(t) - math.log(2 * math.pi))
-    y = jnp.where(log_p > -30.0, direct, asym)
-
-    def newton(_, y):
-        lp = log_ndtr(y)
-        return y - (lp - log_p) * jnp.exp(-_log_inverse_mills(y, lp))
-
-    # A loop, not three unrolled steps: one copy of the step in the compiled program.
-    return jax.lax.fori_loop(0, 3, newton, y)
-
-
-@log_ndtri.defjvp
-def _log_ndtri_jvp(primals, tangents):
-    (log_p,), (dlog_p,) = primals, tangents
-    y = log_ndtri(log_p)
-    # dy/dlog_p = Phi(y) / phi(y), with Phi(y) = exp(log_p)
-    return y, dlog_p * jnp.exp(-_log_inverse_mills(y, log_p))
 
 
 class Transformer:
@@ -388,7 +302,7 @@ class MixtureGaussianCDF(Transformer):
         z_max = math.sqrt(float(jnp.finfo(jnp.result_type(z)).max)) / 2
         z = jnp.clip(z, -z_max, z_max)
         # Both tails in one call: one copy of log_ndtr (and its jvp) in the program.
-        log_cdf_z, log_sf_z = _log_ndtr(jnp.stack([z, -z]))
+        log_cdf_z, log_sf_z = stable_log_ndtr(jnp.stack([z, -z]))
         log_cdf_k, log_sf_k = log_w + log_cdf_z, log_w + log_sf_z
         log_cdf, log_sf = logsumexp(log_cdf_k, -1), logsumexp(log_sf_k, -1)
         # Work in the smaller tail (selected with ``where``: ``minimum`` would split the
@@ -403,9 +317,9 @@ class MixtureGaussianCDF(Transformer):
         tail_z = jnp.where(lower[..., None], z, -z)
         tail_log_phi = jnp.where(lower[..., None], log_cdf_z, log_sf_z)  # log Phi(tail_z)
         log_share = jax.nn.log_softmax(log_w + tail_log_phi, -1)
-        log_h = _log_inverse_mills(tail_z, tail_log_phi)
+        log_h = log_inverse_mills(tail_z, tail_log_phi)
         log_pdf_ratio = logsumexp(log_share + log_h - log_scales, -1)
-        return y, log_pdf_ratio - _log_inverse_mills(q, log_tail)
+        return y, log_pdf_ratio - log_inverse_mills(q, log_tail)
 
     def forward(self, x, params):
         return self._forward(x, params)
@@ -456,7 +370,7 @@ def _root(transformer, y, params):
     def log_space(x):
         """``log F(x) - log Phi(t)`` and ``(log F)'(x)``, accurate down to underflow."""
         z = jnp.clip((x[..., None] - means) / scales, -z_max, z_max)
-        log_ndtr_z = _log_ndtr_fast(z)
+        log_ndtr_z = log_ndtr_fast(z)
         log_cdf_k = log_w + log_ndtr_z
         top = jnp.max(log_cdf_k, -1, keepdims=True)
         mass = jnp.exp(log_cdf_k - top)  # the components' shares of F, unnormalised
@@ -464,8 +378,8 @@ def _root(transformer, y, params):
         # (log F)' = sum_k r_k h(z_k) / sigma_k, r_k the shares and h the inverse Mills
         # ratio (log pdf - log F would cancel catastrophically in the tail). The slope
         # only steers Newton: below -6, h(z) ~ |z| + 1/|z| is close enough.
-        t = jnp.maximum(-z, _MILLS_SWITCH)
-        h = jnp.where(z < -_MILLS_SWITCH, t + 1 / t, jnp.exp(_log_normal_pdf(z) - log_ndtr_z))
+        t = jnp.maximum(-z, MILLS_SWITCH)
+        h = jnp.where(z < -MILLS_SWITCH, t + 1 / t, jnp.exp(log_normal_pdf(z) - log_ndtr_z))
         slope = jnp.sum(mass * h / scales, -1) / total
         return top[..., 0] + jnp.log(total) - target, slope
 
@@ -476,7 +390,9 @@ def _root(transformer, y, params):
         point where ``F`` underflows gives ``-inf``, and a bisection)."""
         z = jnp.clip((x[..., None] - means) / scales, -z_max, z_max)
         cdf = jnp.sum(weights * jax.scipy.special.erfc(z * (-1 / math.sqrt(2))), -1) / 2
-        pdf = jnp.sum(weights * jnp.exp(-0.5 * z * z) / scales, -1) * math.exp(-_HALF_LOG_2PI)
+        pdf = jnp.sum(weights * jnp.exp(-0.5 * z * z) / scales, -1) * math.exp(
+            -0.5 * math.log(2 * math.pi)
+        )
         return jnp.log(cdf) - target, pdf / cdf
 
     def solve(residual_and_slope):
