@@ -20,7 +20,7 @@ import numpy as np
 
 from .checks import as_key
 from .guide import AutoCouplingFlow
-from .neutra import neutra_mcmc, nuts_mcmc, sampling_efficiency
+from .neutra import NUM_CHAINS, neutra_mcmc, nuts_mcmc, sampling_efficiency
 from .targets import funnel, funnel_draws
 from .transformers import TRANSFORMERS
 
@@ -363,8 +363,8 @@ def main(argv=None):
     particles = f" ({n} draws each)" if n > 1 else ""
     print(
         f"\nNeal's funnel, {args.dim}-D: SVI {kw['fit_kwargs']['steps']} steps{particles}, NUTS "
-        f"{kw['num_warmup']} warmup + {kw['num_samples']} draws, one chain (the funnel is "
-        "normalised, so its SVI loss is KL(q || p) in nats)\n"
+        f"{kw['num_warmup']} warmup + {kw['num_samples']} draws x {NUM_CHAINS} chains (the "
+        "funnel is normalised, so its SVI loss is KL(q || p) in nats)\n"
     )
     print(format_table(result["rows"]))
     out = Path(args.out)
