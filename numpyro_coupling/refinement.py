@@ -25,7 +25,7 @@ from numpyro import handlers
 from numpyro.distributions import biject_to
 
 from .checks import as_key
-from .loop import chunk_runner, run_chunks, start_carry
+from .loop import all_finite, chunk_runner, run_chunks, start_carry
 
 __all__ = ["guide_scores", "refine_guide", "score_matching_loss"]
 
@@ -171,9 +171,7 @@ def refine_guide(
         idx = jr.choice(jr.fold_in(key, t), x.shape[0], (batch,), replace=False)
         value, grad = jax.value_and_grad(loss)(free, x[idx], s[idx])
         updates, new_opt_state = optimiser.update(grad, opt_state, free)
-        finite = jnp.isfinite(value) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)])
-        )
+        finite = all_finite((value, grad))
         return (optax.apply_updates(free, updates), new_opt_state), value, finite
 
     state = (free, optimiser.init(free))

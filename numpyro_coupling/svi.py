@@ -28,6 +28,9 @@ __all__ = [
 ]
 
 
+#: The step size at the end of a cosine schedule, as a fraction of its peak.
+FINAL_FRACTION = 0.1
+
 #: The shortest window the plateau rule judges (shorter fits run all their steps): its
 #: standard errors need a few hundred losses.
 MIN_PLATEAU_WINDOW = 100
@@ -38,7 +41,7 @@ def guide_optimizer(
     steps: int = 10_000,
     *,
     schedule: str = "cosine",
-    final_fraction: float = 0.1,
+    final_fraction: float = FINAL_FRACTION,
     clip_norm: float | None = 10.0,
 ):
     """Adam for fitting a guide by SVI, as a NumPyro optimiser.
@@ -255,21 +258,27 @@ def fit_guide(
     else:
         svi = SVI(model, guide, optim, elbo)
 
-    def step(state, _, beta_kwarg):
-        state, loss = svi.update(state, *args, **beta_kwarg, **model_kwargs)
-        return state, loss, jnp.isfinite(loss)
+    def runner(svi):
+        """The compiled chunks of ``svi``'s steps, and what its average follows."""
 
-    def view(state):
-        return svi.optim.get_params(state.optim_state)
+        def step(state, _, beta_kwarg):
+            state, loss = svi.update(state, *args, **beta_kwarg, **model_kwargs)
+            return state, loss, jnp.isfinite(loss)
 
-    def run_phase(svi, phase_key, init_params, beta_kwarg, n, phase_average, after_chunk):
+        def view(state):
+            return svi.optim.get_params(state.optim_state)
+
+        return chunk_runner(step, view), view
+
+    def run_phase(svi, run, phase_key, init_params, beta_kwarg, n, phase_average, after_chunk):
+        run_chunk, view = run
         state = svi.init(phase_key, *args, init_params=init_params, **beta_kwarg, **model_kwargs)
         # Without a bar or a plateau rule a phase is one compiled scan; else chunks that
         # divide every phase where they can (one compilation for all of them).
         chunked = progress_bar or after_chunk is not None
         chunk = chunk_length(n, max(min(steps // 50, 500), 1)) if chunked else n
         carry, phase_losses, _ = run_chunks(
-            chunk_runner(step, view) if svi is not fit_svi else run_chunk,
+            run_chunk,
             start_carry(state, view),
             (beta_kwarg,),
             steps=n,
@@ -281,8 +290,7 @@ def fit_guide(
         )
         return carry, phase_losses
 
-    fit_svi = svi
-    run_chunk = chunk_runner(step, view)
+    run = runner(svi)
     # (phase key, inverse temperature, steps, averaged) per phase, the final fit last.
     phases = [(jr.fold_in(key, i + 1), b, phase_steps, None) for i, b in enumerate(betas)]
     final_steps = steps - phase_steps * len(betas)
@@ -298,7 +306,7 @@ def fit_guide(
             watched = plateau is not None and final and window >= MIN_PLATEAU_WINDOW
             rule = _plateau_rule(window) if watched else None
             carry, phase_losses = run_phase(
-                svi, phase_key, init_params, beta_kwarg, n, phase_average, rule
+                svi, run, phase_key, init_params, beta_kwarg, n, phase_average, rule
             )
             init_params = svi.get_params(carry.state)
             losses.append(phase_losses)
@@ -307,18 +315,21 @@ def fit_guide(
             # Converged early: the step size has not decayed yet, so a short cool-down
             # takes it from where the schedule stands to the schedule's floor.
             cool = min(final_steps - done, max(window, done // 4))
-            peak = float(optax.cosine_decay_schedule(learning_rate, phase_steps, 0.1)(done))
-            peak = peak if schedule == "cosine" else learning_rate
+            peak = learning_rate
+            if schedule == "cosine":
+                peak = float(
+                    optax.cosine_decay_schedule(learning_rate, phase_steps, FINAL_FRACTION)(done)
+                )
             cool_optim = guide_optimizer(
                 peak,
                 cool,
                 schedule=schedule,
-                final_fraction=min(0.1 * learning_rate / peak, 1.0),
+                final_fraction=min(FINAL_FRACTION * learning_rate / peak, 1.0),
                 clip_norm=clip_norm,
             )
             svi = SVI(svi.model, svi.guide, cool_optim, elbo)
             carry, cool_losses = run_phase(
-                svi, jr.fold_in(key, 0), init_params, beta_kwarg, cool, average, None
+                svi, runner(svi), jr.fold_in(key, 0), init_params, beta_kwarg, cool, average, None
             )
             losses.append(cool_losses)
     finally:
