@@ -32,6 +32,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import arviz as az
 import jax
 import jax.random as jr
 import numpy as np
@@ -201,9 +202,14 @@ def run_row(name: str, method: str, seed: int, args) -> dict:
     row["k_hat"] = efficiency["k_hat"]
     row["is_ess"] = float(idata.attrs.get("guide_ess", np.nan)) / GUIDE_DRAWS
     row["warned"] = "yes" if list(idata.attrs.get("warnings", [])) else "no"
+    row["noncentred"] = ",".join(idata.attrs.get("noncentred_sites", [])) or "-"
     if "tau" in reference:
         # A hierarchical scale's neck: how far into it the chain went, against the reference.
         row["neck"] = float(np.quantile(np.log(draws["tau"]), NECK_QUANTILE))
+        # Its Monte Carlo error: a tail quantile of a few thousand correlated draws is noisy.
+        row["neck_mcse"] = float(
+            az.mcse(np.log(draws["tau"]), method="quantile", prob=NECK_QUANTILE)
+        )
         row["neck_ref"] = float(np.quantile(np.log(reference["tau"]), NECK_QUANTILE))
     return row
 
@@ -226,7 +232,9 @@ COLUMNS = [
     ("k_hat", "k_hat", "{:.2f}"),
     ("is_ess", "IS ESS", "{:.2f}"),
     ("warned", "warned", "{}"),
+    ("noncentred", "non-centred", "{}"),
     ("neck", "q0.5% log tau", "{:.2f}"),
+    ("neck_mcse", "its MCSE", "{:.2f}"),
     ("neck_ref", "ref.", "{:.2f}"),
 ]
 
@@ -306,6 +314,9 @@ def main(argv=None):
                 took = time.perf_counter() - start
                 line = table([row]).splitlines()[-1]
                 print(f"{line}  (worst {row['worst']}, {took:.0f} s)", flush=True)
+                # Every row compiles new programs; a long run otherwise exhausts the
+                # kernel's memory mappings (LLVM: "Cannot allocate memory").
+                jax.clear_caches()
 
     rows = sorted(saved.values(), key=_sort_key)
     text = [

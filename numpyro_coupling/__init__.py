@@ -54,6 +54,12 @@ from .neutra import (
     nuts_mcmc,
     sampling_efficiency,
 )
+from .parameterisation import (
+    Parameterisation,
+    choose_parameterisation,
+    hierarchical_sites,
+    noncentre,
+)
 from .preconditioning import gaussian_fit
 from .rbig import RBIGFlow, RBIGLayers, fit_rbig
 from .rbig_coupling import fit_rbig_coupling
@@ -117,6 +123,7 @@ __all__ = [
     "MixtureGaussianCDF",
     "MixtureGaussianCDFCoupling",
     "NonFiniteLossError",
+    "Parameterisation",
     "Permute",
     "RBIGFlow",
     "RBIGLayers",
@@ -133,6 +140,7 @@ __all__ = [
     "bit_masks",
     "chain_diagnostics",
     "checkerboard_mask",
+    "choose_parameterisation",
     "coupling_flow",
     "coupling_layers",
     "entropy",
@@ -147,6 +155,7 @@ __all__ = [
     "guide_optimizer",
     "guide_scores",
     "half_mask",
+    "hierarchical_sites",
     "importance_diagnostics",
     "load",
     "make_transformer",
@@ -154,6 +163,7 @@ __all__ = [
     "mutual_information",
     "neutra_mcmc",
     "neutra_nuts",
+    "noncentre",
     "nuts_mcmc",
     "partition_flow",
     "plateau_reached",

@@ -303,7 +303,8 @@ def warn_about_chains(diag: ChainDiagnostics, *, neutra: bool) -> list[str]:
         where = (
             "regions the guide warps poorly (a funnel's neck, say): refine the guide on a "
             "pilot warm-up (neutra_mcmc(..., refine=True)), fit it longer or with more "
-            "particles (fit_kwargs={'num_particles': 16}), or"
+            "particles (fit_kwargs={'num_particles': 16}), non-centre a hierarchical "
+            "model's sites (reparam=True, or noncentre(model, sites) for your own guide), or"
             if neutra
             else "regions of high curvature: reparameterise the model (non-centred), use "
             "neutra_mcmc, or"

@@ -27,6 +27,7 @@ from .diagnostics import (
     warn_about_guide,
 )
 from .global_moves import GLOBAL_MOVE_FIELDS, GlobalMoves, global_move_summary, with_global_moves
+from .parameterisation import choose_parameterisation, hierarchical_sites, noncentre
 from .refinement import guide_scores, refine_guide
 from .sites import latent_shapes, prototype_trace, unconstrained_draws
 from .svi import fit_guide
@@ -289,11 +290,49 @@ def neutra_nuts(
     return mcmc, idata
 
 
+def _parameterised(model, args, model_kwargs, *, reparam, guide, key):
+    """The model NeuTra runs on, as ``reparam`` says: ``(model, attrs)``."""
+    if reparam is False or reparam is None:
+        return model, {}
+    builds_guide = guide is None or isinstance(guide, dict)
+    if isinstance(reparam, str):
+        if reparam != "auto":
+            raise ValueError(f"reparam must be 'auto', True, False or site names, got {reparam!r}")
+        if not builds_guide:
+            # A guide instance is tied to the model it was built on: keep that model.
+            return model, {"noncentred_sites": []}
+        choice = choose_parameterisation(model, *args, key=key, **model_kwargs)
+        elbo_items = choice.elbos.items()
+        # A string, so that the InferenceData still saves to netCDF.
+        elbos = "; ".join(f"{','.join(k) or 'as written'}: {v:.3f}" for k, v in elbo_items)
+        return choice.model, {
+            "noncentred_sites": list(choice.noncentred),
+            "reparam_grads": choice.n_grad,
+            "reparam_elbos": elbos,
+        }
+    candidates = hierarchical_sites(model, *args, **model_kwargs)
+    sites = candidates if reparam is True else list(reparam)
+    unknown = sorted(set(sites) - set(candidates))
+    if unknown:
+        raise ValueError(
+            f"reparam names sites {unknown} that are not hierarchical location-scale latent "
+            f"sites of the model (those are {candidates})"
+        )
+    if sites and not builds_guide:
+        raise ValueError(
+            "reparam non-centres the model, but the guide given was built on the model as "
+            "written: pass guide=None or a dict of AutoCouplingFlow options, or build the "
+            "guide on numpyro_coupling.noncentre(model, sites) and pass reparam=False"
+        )
+    return noncentre(model, sites), {"noncentred_sites": list(sites)}
+
+
 def neutra_mcmc(
     model,
     *args,
     guide=None,
     fit_kwargs: dict | None = None,
+    reparam: bool | str | list = "auto",
     num_warmup: int = 1000,
     num_samples: int = 1000,
     num_chains: int = NUM_CHAINS,
@@ -316,6 +355,15 @@ def neutra_mcmc(
         fit_kwargs: options of :func:`~numpyro_coupling.fit_guide` (``steps``,
             ``learning_rate``, ``average``, ``schedule``, ``clip_norm``, ``temper``,
             ``num_particles``, ``plateau``).
+        reparam: the parameterisation of hierarchical sites (``theta ~ Normal(mu, tau)``;
+            :func:`~numpyro_coupling.hierarchical_sites`). ``"auto"`` (default): centred
+            as written or non-centred (``theta = mu + tau * eta``), whichever posterior
+            is nearer to Gaussian (:func:`~numpyro_coupling.choose_parameterisation`; its
+            log-density evaluations count in ``attrs["reparam_grads"]``); kept as written
+            when ``guide`` is a guide instance. ``True``: every such site non-centred; a
+            list: those sites; ``False``: the model as written. The sites non-centred are
+            in ``attrs["noncentred_sites"]``; the posterior holds them as they are in the
+            model, and their standardised draws as ``{site}_decentered``.
         num_warmup: NUTS warmup iterations per chain.
         num_samples: NUTS draws per chain.
         num_chains: chains (in parallel with a device each, else vectorised).
@@ -355,6 +403,9 @@ def neutra_mcmc(
     if taken:
         raise ValueError(f"fit_kwargs may not set {taken}: they are neutra_mcmc's own arguments")
     svi_key, mcmc_key = jr.split(as_key(key))
+    model, reparam_attrs = _parameterised(
+        model, args, model_kwargs, reparam=reparam, guide=guide, key=jr.fold_in(svi_key, 3)
+    )
     start = time.perf_counter()
     guide, params, losses, fit_state = fit_guide(
         model,
@@ -386,6 +437,7 @@ def neutra_mcmc(
     )
     idata.attrs["svi_seconds"] = svi_seconds
     idata.attrs["svi_grads"] = fit_state.n_grads
+    idata.attrs.update(reparam_attrs)
     return mcmc, idata
 
 
@@ -455,8 +507,9 @@ def nuts_mcmc(
 def sampling_efficiency(idata) -> dict:
     """Sampler figures of merit from an ``InferenceData`` of :func:`neutra_mcmc`/:func:`nuts_mcmc`.
 
-    Every gradient of the model's log density a run spent counts: the SVI fit's (one per
-    step and particle), NUTS's warm-up and its sampling.
+    Every gradient of the model's log density a run spent counts: the choice of
+    parameterisation's, the SVI fit's (one per step and particle), NUTS's warm-up and its
+    sampling.
 
     Args:
         idata: the run's ``InferenceData``.
@@ -464,7 +517,7 @@ def sampling_efficiency(idata) -> dict:
     Returns:
         dict with ``min_ess`` (bulk ESS, minimum over every unconstrained latent
         coordinate), ``n_grads`` (leapfrog steps after warm-up), ``ess_per_grad``,
-        ``total_grads`` (SVI, warm-up and sampling), ``ess_per_total_grad``,
+        ``total_grads`` (parameterisation, SVI, warm-up and sampling), ``ess_per_total_grad``,
         ``max_rhat`` (the largest split R-hat; ``nan`` with one chain), ``divergences``,
         ``depth_saturation``, ``seconds`` (MCMC wall time, warm-up included),
         ``ess_per_second`` and ``k_hat`` (the guide's Pareto k-hat; ``nan``
@@ -477,7 +530,9 @@ def sampling_efficiency(idata) -> dict:
     else:
         diag = chain_diagnostics(idata)
     n_grads = int(idata.sample_stats["n_steps"].values.sum())
-    total = n_grads + int(idata.attrs.get("warmup_grads", 0)) + int(idata.attrs.get("svi_grads", 0))
+    total = n_grads + sum(
+        int(idata.attrs.get(k, 0)) for k in ("warmup_grads", "svi_grads", "reparam_grads")
+    )
     seconds = float(idata.attrs.get("mcmc_seconds", np.nan))
     return {
         "min_ess": diag.min_ess,

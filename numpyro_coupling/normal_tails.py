@@ -61,38 +61,60 @@ def log_inverse_mills(z, log_ndtr_z):
     return jnp.where(z < -MILLS_SWITCH, jnp.log(f), log_normal_pdf(z) - log_ndtr_z)
 
 
+#: ``(-1)^n (2n - 1)!!``, n = 0..10: the Mills-ratio series of ``Phi`` in ``1 / z^2``. Ten
+#: terms leave a relative error of ``19!! / z^20``: 6e-18 at float64's segment (``z = -20``)
+#: and 7e-12 at float32's (``-10``), below either's rounding (three terms: 4e-9 at -20).
+_MILLS_SERIES = (1, -1, 3, -15, 105, -945, 10395, -135135, 2027025, -34459425, 654729075)
+
+
+def _lower_segment(z):
+    """Where ``log Phi`` switches from ``erfc`` to the series (``log_ndtr``'s segments)."""
+    return -20.0 if jnp.dtype(z.dtype).itemsize == 8 else -10.0
+
+
+def _log_ndtr_series(z):
+    """``log Phi(z)`` for ``z`` at or below the lower segment, by the Mills-ratio series."""
+    w = 1 / (z * z)
+    series = jnp.zeros_like(z)
+    for c in _MILLS_SERIES[::-1]:
+        series = series * w + c
+    return -0.5 * z * z - jnp.log(-z) - _HALF_LOG_2PI + jnp.log(series)
+
+
 def log_ndtr_fast(z):
     """``log Phi(z)`` for the inverse's iterations: one ``erfc`` where ``log_ndtr`` takes four.
 
     Above ``log_ndtr``'s lower segment it is ``log(erfc(-z / sqrt 2) / 2)``, which loses only
-    ``Phi(-z)`` (a few ulps) for large ``z``; below, the same asymptotic series (three
-    terms). It steers the root-finding; the forward map keeps ``log_ndtr``.
+    ``Phi(-z)`` (a few ulps) for large ``z``; below, the Mills-ratio series that
+    :func:`stable_log_ndtr` uses. It steers the root-finding; the forward map keeps
+    :func:`stable_log_ndtr`.
 
     Example:
         >>> import jax.numpy as jnp
         >>> [round(float(v), 2) for v in log_ndtr_fast(jnp.array([-30.0, 0.0]))]
         [-454.32, -0.69]
     """
-    lower = -20.0 if jnp.dtype(z.dtype).itemsize == 8 else -10.0
+    lower = _lower_segment(z)
     inner = jnp.maximum(z, lower)
     direct = jnp.log(0.5 * jax.scipy.special.erfc(-inner * (1 / math.sqrt(2))))
-    outer = jnp.minimum(z, lower)
-    w = 1 / (outer * outer)
-    series = 1 + w * (-1 + w * (3 + w * -15))
-    tail = -0.5 * outer * outer - jnp.log(-outer) - _HALF_LOG_2PI + jnp.log(series)
-    return jnp.where(z > lower, direct, tail)
+    return jnp.where(z > lower, direct, _log_ndtr_series(jnp.minimum(z, lower)))
 
 
 @jax.custom_jvp
 def stable_log_ndtr(z):
     """``log Phi(z)`` whose derivative ``phi(z) / Phi(z)`` stays accurate in the far tail.
 
+    ``log_ndtr``, except below its lower segment (``z < -20`` in float64), where its
+    three-term series is off by up to 4e-9: there the ten-term series, accurate to the
+    last bit.
+
     Example:
         >>> import jax
         >>> round(float(jax.grad(stable_log_ndtr)(-50.0)), 2)  # about -z
         50.02
     """
-    return log_ndtr(z)
+    lower = _lower_segment(z)
+    return jnp.where(z > lower, log_ndtr(z), _log_ndtr_series(jnp.minimum(z, lower)))
 
 
 @stable_log_ndtr.defjvp

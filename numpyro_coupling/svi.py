@@ -31,6 +31,12 @@ __all__ = [
 #: The step size at the end of a cosine schedule, as a fraction of its peak.
 FINAL_FRACTION = 0.1
 
+#: Fixed guide draws the plateau rule scores the fit on at each window's end.
+PLATEAU_DRAWS = 128
+
+#: Nats of negative ELBO per window below which the plateau rule stops a fit.
+PLATEAU_TOL = 0.02
+
 #: The shortest window the plateau rule judges (shorter fits run all their steps): its
 #: standard errors need a few hundred losses.
 MIN_PLATEAU_WINDOW = 100
@@ -193,14 +199,18 @@ def fit_guide(
             restarts the learning-rate schedule, and only the final fit is averaged.
         num_particles: guide draws per step whose ELBO terms are averaged (vectorised);
             more lower the gradient noise, which sets a flow guide's final KL.
-        plateau: stop the final fit early once its loss has stopped falling, then cool
-            down: once a window of ``plateau * steps`` steps (e.g. ``0.1``) can gain
-            at most 0.02 nats of ELBO over the one before it (:func:`plateau_reached`),
+        plateau: stop the final fit early once it has stopped improving, then cool
+            down: at the end of each window of ``plateau * steps`` steps (e.g. ``0.1``)
+            the averaged parameters' negative ELBO is estimated on ``PLATEAU_DRAWS``
+            (128) fixed guide draws, the same draws each time, so that the difference
+            between two windows is the fit's change and not the estimate's noise; once
+            a window gains at most ``PLATEAU_TOL`` (0.02) nats (:func:`plateau_reached`),
             the fit ends, and a last phase of a quarter of the
             steps taken (at least one window) decays the step size to the schedule's
             floor, averaged as the fit would have been. ``steps`` is then a cap. Fits
             whose window would be under ``MIN_PLATEAU_WINDOW`` (100) steps, and ``None``,
-            run every step.
+            run every step. The draws' log densities count as gradients in the
+            :class:`GuideFitState`.
         key: PRNG key (default ``jax.random.key(0)``).
         progress_bar: show a progress bar.
         return_state: also return a :class:`GuideFitState` (the last iterate).
@@ -290,6 +300,19 @@ def fit_guide(
         )
         return carry, phase_losses
 
+    def fixed_draw_loss(beta_kwarg):
+        """The negative ELBO of unconstrained parameters on fixed draws (jitted)."""
+        check, check_key = SiteOrderedTraceELBO(PLATEAU_DRAWS), jr.fold_in(key, 2**20)
+
+        # The inverse temperature is an argument, traced as in the steps.
+        @jax.jit
+        def loss(unconstrained, beta_kwarg):
+            params = svi.constrain_fn(unconstrained)
+            model_kw = beta_kwarg | model_kwargs
+            return check.loss(check_key, params, svi.model, svi.guide, *args, **model_kw)
+
+        return lambda unconstrained: loss(unconstrained, beta_kwarg)
+
     run = runner(svi)
     # (phase key, inverse temperature, steps, averaged) per phase, the final fit last.
     phases = [(jr.fold_in(key, i + 1), b, phase_steps, None) for i, b in enumerate(betas)]
@@ -297,14 +320,15 @@ def fit_guide(
     phases.append((key, 1.0, final_steps, average))
     window = max(int((plateau or 0) * final_steps), 1)
 
-    init_params, losses = None, []
+    init_params, losses, rule = None, [], None
     bar = training_bar(steps, enabled=progress_bar, desc="SVI")
     try:
         for i, (phase_key, beta, n, phase_average) in enumerate(phases):
             beta_kwarg = {"_beta": jnp.asarray(beta, jnp.result_type(float))} if betas else {}
             final = i == len(phases) - 1
             watched = plateau is not None and final and window >= MIN_PLATEAU_WINDOW
-            rule = _plateau_rule(window) if watched else None
+            rule = _PlateauRule(window, fixed_draw_loss(beta_kwarg), PLATEAU_DRAWS)
+            rule = rule if watched else None
             carry, phase_losses = run_phase(
                 svi, run, phase_key, init_params, beta_kwarg, n, phase_average, rule
             )
@@ -339,49 +363,50 @@ def fit_guide(
     if return_state:
         n_steps = sum(len(part) for part in losses)
         n_grads = n_steps * int(num_particles) + int(getattr(guide, "precondition_grads", 0))
+        n_grads += rule.evaluations if rule is not None else 0
         return guide, params, np.concatenate(losses), GuideFitState(last, carry.state, n_grads)
     return guide, params, np.concatenate(losses)
 
 
-def plateau_reached(losses, window: int, *, tol: float = 0.02, n_se: float = 2.0) -> bool:
-    """Whether a noisy loss curve has stopped falling, to within ``tol`` per window.
+def plateau_reached(scores, *, tol: float = PLATEAU_TOL) -> bool:
+    """Whether a fit has stopped improving: its last fixed-draw loss gained at most ``tol``.
 
-    True when even an optimistic reading of the last window's gain over the one before
-    it, their mean difference plus ``n_se`` standard errors (each window's spread over the
-    square root of its length), is at most ``tol``: the next window is not expected to
-    gain more. False while fewer than ``2 * window`` losses exist. A noisier curve must
-    run longer before it can be called flat.
+    ``scores`` are the fit's loss at the end of each window, each estimated on the same
+    fixed guide draws (common random numbers), so that a difference between two of them
+    is the change of the fit, not the noise of the estimate. False while fewer than two
+    exist or the last is not finite.
 
     Args:
-        losses: ``(n,)`` per-step losses (for SVI, negative ELBOs in nats).
-        window: steps per window.
-        tol: the gain per window that is not worth another window (in the losses' units).
-        n_se: standard errors added to the measured gain.
+        scores: ``(n,)`` fixed-draw losses (for SVI, negative ELBOs in nats), one a window.
+        tol: the gain per window that is not worth another window.
 
     Example:
-        >>> import numpy as np
-        >>> noise = 0.1 * np.random.default_rng(0).normal(size=2000)
-        >>> plateau_reached(noise, 1000), plateau_reached(np.linspace(1, 0, 2000) + noise, 1000)
-        (True, False)
+        >>> plateau_reached([3.0, 2.5]), plateau_reached([3.0, 2.5, 2.49])
+        (False, True)
     """
-    losses = np.asarray(losses, float)
-    if window < 2 or losses.shape[0] < 2 * window:
+    scores = np.asarray(scores, float)
+    if scores.shape[0] < 2 or not np.isfinite(scores[-1]):
         return False
-    before, last = losses[-2 * window : -window], losses[-window:]
-    se = np.sqrt((before.var(ddof=1) + last.var(ddof=1)) / window)
-    return bool(before.mean() - last.mean() + n_se * se <= tol)
+    return bool(scores[-2] - scores[-1] <= tol)
 
 
-def _plateau_rule(window: int):
-    # ``run_chunks``'s after_chunk: stop once the curve so far has reached its plateau.
-    seen = []
+class _PlateauRule:
+    """``run_chunks``'s ``after_chunk``: at each window's end, score the averaged parameters
+    on fixed draws and stop once :func:`plateau_reached`; ``evaluations`` counts the
+    log densities spent."""
 
-    def after_chunk(carry, chunk_losses):
-        seen.extend(np.asarray(chunk_losses).tolist())
-        stop = plateau_reached(seen, window)
+    def __init__(self, window: int, score, num_draws: int):
+        self.window, self.score, self.num_draws = window, score, num_draws
+        self.seen, self.scores, self.evaluations = 0, [], 0
+
+    def __call__(self, carry, chunk_losses):
+        self.seen += len(chunk_losses)
+        if self.seen < self.window * (len(self.scores) + 1):
+            return False, None
+        self.scores.append(float(self.score(carry.average)))
+        self.evaluations += self.num_draws
+        stop = plateau_reached(self.scores)
         return stop, ("converged" if stop else None)
-
-    return after_chunk
 
 
 class temper_likelihood(numpyro.primitives.Messenger):

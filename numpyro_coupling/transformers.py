@@ -326,8 +326,14 @@ class MixtureGaussianCDF(Transformer):
 
     def inverse(self, y, params):
         x = _root(self, y, params)
-        _, log_det = self._forward(x, params)
-        return x, -log_det
+        y_x, log_det = self._forward(x, params)
+        # The root is found with a cheaper log CDF than the forward map's (log_ndtr_fast)
+        # and to its tolerance: one Newton step on the forward map itself, from values
+        # computed here anyway, makes it the forward map's root to rounding (a step that
+        # is not small, where f' underflows, is not taken).
+        step = (y_x - y) * jnp.exp(-log_det)
+        small = jnp.isfinite(step) & (jnp.abs(step) <= 1e-6 * (1 + jnp.abs(x)))
+        return x - jnp.where(small, step, 0.0), -log_det
 
 
 #: Most iterations of the inverse's safeguarded Newton (each at least halves the bracket

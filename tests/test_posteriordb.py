@@ -63,3 +63,17 @@ def test_exact_references_match_their_gaussians():
     data = posteriordb.ill_conditioned_data()
     g = posteriordb.ill_conditioned_reference()["x"]
     assert np.all(np.abs(g.mean(0) - data["mean"]) / np.sqrt(np.diag(data["cov"])) < 0.05)
+
+
+def test_exact_hierarchy_draws_match_the_posteriordb_reference():
+    # The grid-and-conditionals sampler against eight schools' gold-standard draws.
+    _needs_files("eight_schools_centered")
+    reference = posteriordb.POSTERIORS["eight_schools_centered"].reference()
+    data = posteriordb.load_data("eight_schools")
+    exact = posteriordb.normal_hierarchy_draws(data["y"], data["sigma"], 5.0, 5.0, n=40_000)
+    for site in ("mu", "tau", "theta"):
+        ref, ours = reference[site], exact[site]
+        sd = ref.std(0)
+        # Monte Carlo error of the difference: about sd * sqrt(1/10,000 + 1/40,000).
+        assert np.all(np.abs(ours.mean(0) - ref.mean(0)) / sd < 0.05), site
+        assert np.all(np.abs(np.log(ours.std(0) / sd)) < 0.05), site
