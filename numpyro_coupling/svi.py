@@ -38,8 +38,9 @@ PLATEAU_DRAWS = 128
 PLATEAU_TOL = 0.02
 
 #: The shortest window the plateau rule judges (shorter fits run all their steps): its
-#: standard errors need a few hundred losses.
-MIN_PLATEAU_WINDOW = 100
+#: scoring program and the cool-down's take a few seconds to compile (about 5 s on a
+#: 10-D funnel guide on 2 cores), which a fit of a few thousand steps does not win back.
+MIN_PLATEAU_WINDOW = 500
 
 
 def guide_optimizer(
@@ -208,7 +209,7 @@ def fit_guide(
             the fit ends, and a last phase of a quarter of the
             steps taken (at least one window) decays the step size to the schedule's
             floor, averaged as the fit would have been. ``steps`` is then a cap. Fits
-            whose window would be under ``MIN_PLATEAU_WINDOW`` (100) steps, and ``None``,
+            whose window would be under ``MIN_PLATEAU_WINDOW`` (500) steps, and ``None``,
             run every step. The draws' log densities count as gradients in the
             :class:`GuideFitState`.
         key: PRNG key (default ``jax.random.key(0)``).

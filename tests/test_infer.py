@@ -253,14 +253,17 @@ def test_fit_guide_accepts_kwargs_and_instances():
 def test_fit_guide_stops_on_a_plateau_and_counts_the_steps_it_took():
     # The dense Gaussian start makes this guide exact: its loss is flat from the start.
     guide = {"n_layers": 1, "nn_width": 4, "precondition": "dense"}
-    kw = dict(guide=guide, steps=3000, progress_bar=False)
+    kw = dict(guide=guide, steps=5000, progress_bar=False)
     _, _, losses, state = fit_guide(gaussian_2d, return_state=True, **kw)
-    # Two windows of 300 steps, then a cool-down of one window (a quarter of 600 is less).
-    assert losses.shape == (600 + 300,)
+    # Two windows of 500 steps, then a cool-down of one window (a quarter of 1000 is less).
+    assert losses.shape == (1000 + 500,)
     _, _, full, full_state = fit_guide(gaussian_2d, plateau=None, return_state=True, **kw)
-    assert full.shape == (3000,)
+    assert full.shape == (5000,)
     # The rule's two checks cost PLATEAU_DRAWS log densities each.
-    assert full_state.n_grads - state.n_grads == 3000 - 900 - 2 * svi_module.PLATEAU_DRAWS
+    assert full_state.n_grads - state.n_grads == 5000 - 1500 - 2 * svi_module.PLATEAU_DRAWS
+    # Windows under MIN_PLATEAU_WINDOW steps: every step runs.
+    _, _, short = fit_guide(gaussian_2d, **(kw | {"steps": 4000}))
+    assert short.shape == (4000,)
     with pytest.raises(ValueError, match="plateau"):
         fit_guide(gaussian_2d, plateau=0.9, **kw)
 
