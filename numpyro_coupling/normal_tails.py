@@ -145,14 +145,15 @@ def log_ndtri(log_p):
     dtype = jnp.result_type(log_p)
     tiny = jnp.finfo(dtype).tiny
     # Start from the direct quantile where exp() is representable, else the
-    # leading term of the Mills-ratio asymptotic; Newton on log_ndtr then polishes.
+    # leading term of the Mills-ratio asymptotic; Newton on stable_log_ndtr (accurate
+    # below log_ndtr's lower segment too) then polishes.
     direct = ndtri(jnp.clip(jnp.exp(log_p), tiny, 0.5))
     t = -2.0 * jnp.minimum(log_p, -1.0)
     asym = -jnp.sqrt(t - jnp.log(t) - math.log(2 * math.pi))
     y = jnp.where(log_p > -30.0, direct, asym)
 
     def newton(_, y):
-        lp = log_ndtr(y)
+        lp = stable_log_ndtr(y)
         return y - (lp - log_p) * jnp.exp(-log_inverse_mills(y, lp))
 
     # A loop, not three unrolled steps: one copy of the step in the compiled program.
