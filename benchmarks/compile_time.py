@@ -183,12 +183,14 @@ def main(argv=None):
             row[label] = describe(best, entry)
         rows.append(row)
         print(row, flush=True)
-    columns = list(rows[0])
-    table = "\n".join(
-        ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    )
+    # Imported here, not at the top: every ``--one`` child runs this file, and would
+    # otherwise load jax and the package before ``measure`` starts its clocks.
     import jax
+    from report import write_markdown
+
+    from numpyro_coupling.demo import format_table
+
+    table = format_table(rows, [(c, c, "{}") for c in rows[0]])
 
     command = "python benchmarks/compile_time.py" + (" --quick" if args.quick else "")
     if args.before:
@@ -201,10 +203,7 @@ def main(argv=None):
         f"compilation included. Machine: {platform.machine()}, {os.cpu_count()} CPU(s), "
         f"jax {jax.__version__}.\n\n"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compile_time.md").write_text(header + table + "\n")
-    print(table)
+    write_markdown([header + table], args.out, "compile_time")
 
 
 if __name__ == "__main__":

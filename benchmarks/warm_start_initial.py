@@ -24,8 +24,10 @@ from pathlib import Path
 import jax.random as jr
 import numpyro
 from numpyro.infer import SVI, Trace_ELBO
+from report import write_markdown
 
 from numpyro_coupling import AutoCouplingFlow, nuts_mcmc
+from numpyro_coupling.demo import format_table
 from numpyro_coupling.targets import funnel
 
 RESULTS = Path(__file__).parent / "results"
@@ -81,21 +83,14 @@ def main(argv=None):
             row[f"cold {name} KL"] = f"{initial_kl(model, guide, args.particles, seed):.2f}"
         rows.append(row)
         print(row, flush=True)
-    columns = list(rows[0])
-    table = "\n".join(
-        ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    )
+    table = format_table(rows, [(c, c, "{}") for c in rows[0]])
     command = "python benchmarks/warm_start_initial.py" + (" --quick" if args.quick else "")
     header = (
         f"# Initial KL of a warm start\n\n`{command}` ({args.dim}-D funnel, pilot NUTS "
         f"{args.pilot} + {args.pilot}, seeds {args.seeds}). Scores: negative ELBO on 256 base "
         f"draws (what the guide compares); KL: on {args.particles} draws, nats.\n\n"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "warm_start_initial.md").write_text(header + table + "\n")
-    print(table)
+    write_markdown([header + table], args.out, "warm_start_initial")
 
 
 if __name__ == "__main__":
