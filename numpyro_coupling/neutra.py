@@ -50,6 +50,16 @@ GUIDE_DRAWS = 2000
 NUM_CHAINS = 4
 
 
+def _warm_up(mcmc, key, args, model_kwargs) -> int:
+    """Run ``mcmc``'s warm-up on its own, keeping its draws; returns its gradients spent.
+
+    The chains then continue in ``mcmc.run(mcmc.post_warmup_state.rng_key, ...)`` as one
+    ``run`` would have taken them; the count is every leapfrog step of the warm-up.
+    """
+    mcmc.warmup(key, *args, collect_warmup=True, extra_fields=("num_steps",), **model_kwargs)
+    return int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+
+
 def _run_nuts(
     model,
     args,
@@ -81,9 +91,7 @@ def _run_nuts(
         **mcmc_kwargs,
     )
     start = time.perf_counter()
-    # Warm-up on its own, to count its gradients; the chains are those of one ``run``.
-    mcmc.warmup(key, *args, collect_warmup=True, extra_fields=("num_steps",), **model_kwargs)
-    warmup_grads = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    warmup_grads = _warm_up(mcmc, key, args, model_kwargs)
     extra_fields = _extra_fields() + (GLOBAL_MOVE_FIELDS if moves else ())
     mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=extra_fields, **model_kwargs)
     jax.block_until_ready(mcmc.get_samples())
@@ -108,8 +116,7 @@ def _pilot_draws(
         chain_method=_chain_method(num_chains),
         progress_bar=False,
     )
-    mcmc.warmup(key, *args, collect_warmup=True, extra_fields=("num_steps",), **model_kwargs)
-    grads = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    grads = _warm_up(mcmc, key, args, model_kwargs)
     z = mcmc.get_samples(group_by_chain=True)[f"{guide.prefix}_shared_latent"]
     z = z[:, z.shape[1] // 5 :].reshape(-1, z.shape[-1])
     return jax.vmap(neutra.transform)(z), grads

@@ -328,8 +328,11 @@ def fit_guide(
             beta_kwarg = {"_beta": jnp.asarray(beta, jnp.result_type(float))} if betas else {}
             final = i == len(phases) - 1
             watched = plateau is not None and final and window >= MIN_PLATEAU_WINDOW
-            rule = _PlateauRule(window, fixed_draw_loss(beta_kwarg), PLATEAU_DRAWS)
-            rule = rule if watched else None
+            rule = (
+                _PlateauRule(window, fixed_draw_loss(beta_kwarg), PLATEAU_DRAWS)
+                if watched
+                else None
+            )
             carry, phase_losses = run_phase(
                 svi, run, phase_key, init_params, beta_kwarg, n, phase_average, rule
             )
