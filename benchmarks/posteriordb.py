@@ -316,21 +316,22 @@ def normal_hierarchy(y, sigma, mu_sd, tau_scale):
     numpyro.sample("y", dist.Normal(theta, jnp.asarray(sigma)).to_event(1), obs=jnp.asarray(y))
 
 
-def normal_hierarchy_draws(y, sigma, mu_sd, tau_scale, n: int = EXACT_DRAWS, seed: int = 3):
-    """``n`` exact posterior draws of :func:`normal_hierarchy`.
+def log_tau_marginal(y, sigma, mu_sd, tau_scale, n_grid: int = 40_001):
+    """The marginal posterior of ``log tau`` of :func:`normal_hierarchy` on a grid.
 
     ``mu`` and ``theta`` integrate out given ``tau`` (``y ~ N(0, diag(sigma^2 + tau^2) +
-    mu_sd^2)``), so ``log tau`` is drawn by the inverse CDF of its marginal posterior on a
-    grid of 40,001 points over ``[-16, 8]`` (uniform within a cell), then ``mu | tau, y``
-    and ``theta | mu, tau, y`` from their Gaussian conditionals.
+    mu_sd^2)``), so the density is exact up to the grid over ``[-16, 8]``.
+
+    Returns:
+        ``(grid, cdf)``: ``n_grid`` points and the normalised CDF at each.
 
     Example:
-        >>> draws = normal_hierarchy_draws(np.zeros(3), np.ones(3), 5.0, 5.0, n=4)
-        >>> draws["theta"].shape, bool((draws["tau"] > 0).all())
-        ((4, 3), True)
+        >>> grid, cdf = log_tau_marginal(np.zeros(3), np.ones(3), 5.0, 5.0, n_grid=101)
+        >>> grid.shape, float(cdf[-1])
+        ((101,), 1.0)
     """
     y, var = np.asarray(y, float), np.asarray(sigma, float) ** 2
-    grid = np.linspace(-16.0, 8.0, 40_001)
+    grid = np.linspace(-16.0, 8.0, n_grid)
     tau2 = np.exp(2 * grid)[:, None]
     marginal_var = var + tau2  # (grid, J), plus mu_sd^2 in every entry of the covariance
     inv = 1.0 / marginal_var
@@ -343,8 +344,46 @@ def normal_hierarchy_draws(y, sigma, mu_sd, tau_scale, n: int = EXACT_DRAWS, see
     log_prior = grid - np.log1p(np.exp(2 * grid) / tau_scale**2)
     log_post = log_prior - 0.5 * (quad + log_det)
     cdf = np.cumsum(np.exp(log_post - log_post.max()))
+    return grid, cdf / cdf[-1]
+
+
+def log_tau_quantile(y, sigma, mu_sd, tau_scale, q: float) -> float:
+    """The exact ``q`` quantile of ``log tau`` under :func:`normal_hierarchy` (grid of
+    400,001 points: the eight schools' 0.5% quantile is -3.704)."""
+    grid, cdf = log_tau_marginal(y, sigma, mu_sd, tau_scale, n_grid=400_001)
+    return float(np.interp(q, cdf, grid))
+
+
+def quantile_spread(y, sigma, mu_sd, tau_scale, q: float, n: int, repeats: int = 2000):
+    """How noisy the ``q`` quantile of ``log tau`` is from ``n`` independent exact draws.
+
+    Returns:
+        ``(sd, miss)``: the sd of the sample quantile over ``repeats`` sets of draws, and
+        the share of sets whose quantile is more than 0.3 from the exact one.
+    """
+    grid, cdf = log_tau_marginal(y, sigma, mu_sd, tau_scale, n_grid=400_001)
+    exact = float(np.interp(q, cdf, grid))
+    rng = np.random.default_rng(0)
+    draws = np.interp(rng.uniform(size=(repeats, n)), cdf, grid)
+    estimates = np.quantile(draws, q, axis=1)
+    return float(estimates.std()), float(np.mean(np.abs(estimates - exact) > 0.3))
+
+
+def normal_hierarchy_draws(y, sigma, mu_sd, tau_scale, n: int = EXACT_DRAWS, seed: int = 3):
+    """``n`` exact posterior draws of :func:`normal_hierarchy`.
+
+    ``log tau`` is drawn by the inverse CDF of :func:`log_tau_marginal` (uniform within a
+    cell), then ``mu | tau, y`` and ``theta | mu, tau, y`` from their Gaussian conditionals.
+
+    Example:
+        >>> draws = normal_hierarchy_draws(np.zeros(3), np.ones(3), 5.0, 5.0, n=4)
+        >>> draws["theta"].shape, bool((draws["tau"] > 0).all())
+        ((4, 3), True)
+    """
+    y, var = np.asarray(y, float), np.asarray(sigma, float) ** 2
+    grid, cdf = log_tau_marginal(y, sigma, mu_sd, tau_scale)
     rng = np.random.default_rng(seed)
-    cell = np.searchsorted(cdf / cdf[-1], rng.uniform(size=n))
+    cell = np.searchsorted(cdf, rng.uniform(size=n))
     log_tau = grid[cell] - rng.uniform(size=n) * (grid[1] - grid[0])
     tau = np.exp(log_tau)
     w = 1.0 / (var + tau[:, None] ** 2)
@@ -391,6 +430,9 @@ class Posterior:
         to_latent: where the reference holds transformed parameters in place of some
             latent sites, ``(data, point) -> latent values`` of one point (``None``: the
             reference's sites are the latent sites).
+        log_tau_quantile: for a normal hierarchy, ``q -> `` the exact ``q`` quantile of
+            ``log tau`` (the reference draws' own tail quantile carries their Monte Carlo
+            error; ``None``: none known).
     """
 
     model: Callable
@@ -398,16 +440,24 @@ class Posterior:
     reference: Callable[[], dict]
     source: str
     to_latent: Callable[[dict, dict], dict] | None = None
+    log_tau_quantile: Callable[[float], float] | None = None
 
 
-def _pdb(model, data_name, reference_name, to_latent=None) -> Posterior:
+def _pdb(model, data_name, reference_name, to_latent=None, log_tau_quantile=None) -> Posterior:
     return Posterior(
         model,
         cache(lambda: load_data(data_name)),
         cache(lambda: load_reference(reference_name)),
         reference_name,
         to_latent,
+        log_tau_quantile,
     )
+
+
+def _eight_schools_log_tau_quantile(q: float) -> float:
+    # Stan's eight schools: mu ~ normal(0, 5), tau ~ cauchy(0, 5) (half, by tau's bound).
+    data = load_data("eight_schools")
+    return log_tau_quantile(data["y"], data["sigma"], 5.0, 5.0, q)
 
 
 def _eight_schools_latent(data, point):
@@ -425,7 +475,10 @@ def _gp_latent(data, point):
 POSTERIORS = {
     # The reference of the centred model is the non-centred one's (same mu, tau, theta).
     "eight_schools_centered": _pdb(
-        eight_schools_centered, "eight_schools", "eight_schools-eight_schools_noncentered"
+        eight_schools_centered,
+        "eight_schools",
+        "eight_schools-eight_schools_noncentered",
+        log_tau_quantile=_eight_schools_log_tau_quantile,
     ),
     "diamonds": _pdb(diamonds, "diamonds", "diamonds-diamonds"),
     "gp_pois_regr": _pdb(gp_pois_regr, "gp_pois_regr", "gp_pois_regr-gp_pois_regr", _gp_latent),
@@ -436,6 +489,7 @@ POSTERIORS = {
         "eight_schools",
         "eight_schools-eight_schools_noncentered",
         _eight_schools_latent,
+        _eight_schools_log_tau_quantile,
     ),
     "uncentred_regression": Posterior(
         uncentred_regression,
@@ -451,5 +505,6 @@ POSTERIORS = {
         hierarchy_informative_data,
         cache(hierarchy_informative_reference),
         "exact",
+        log_tau_quantile=lambda q: log_tau_quantile(**hierarchy_informative_data(), q=q),
     ),
 }

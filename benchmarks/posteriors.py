@@ -4,7 +4,8 @@ For each posterior of ``posteriordb.POSTERIORS``, each method and each key, in o
 and float64: plain NUTS, and NeuTra (``neutra_mcmc``: the same ``fit_guide`` SVI fit and
 budget for every guide, then NUTS on the warped space) with ``AutoCouplingFlow`` at its
 defaults, ``AutoIAFNormal`` (2 flows, as ``neutra.py``) and ``AutoBNAFNormal``. NUTS runs
-``--num-warmup`` + ``--num-samples`` iterations per chain (1000 + 1000, one chain).
+``--num-warmup`` + ``--num-samples`` iterations per chain (1000 + 1000) on ``--num-chains``
+chains (the library's default, ``NUM_CHAINS``; the table's ``chains`` column).
 
 Every row compares the chain's draws with the reference draws coordinate by coordinate,
 over every scalar coordinate of the sites the reference holds (the model's own constrained
@@ -45,7 +46,14 @@ sys.path.insert(0, str(HERE))
 import posteriordb  # noqa: E402
 from report import write_markdown  # noqa: E402
 
-from numpyro_coupling import GUIDE_DRAWS, neutra_mcmc, nuts_mcmc, sampling_efficiency  # noqa: E402
+from numpyro_coupling import (  # noqa: E402
+    GUIDE_DRAWS,
+    NEUTRA_PARTICLES,
+    NUM_CHAINS,
+    neutra_mcmc,
+    nuts_mcmc,
+    sampling_efficiency,
+)
 from numpyro_coupling.demo import format_table  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -64,11 +72,21 @@ METHODS = {
     "iaf": ("AutoIAFNormal (2 flows)", lambda model: AutoIAFNormal(model, num_flows=2)),
     "bnaf": ("AutoBNAFNormal", lambda model: AutoBNAFNormal(model)),
     "ours-refine": ("AutoCouplingFlow, refined in warm-up", lambda model: None),
+    "ours-particles1": ("AutoCouplingFlow, 1 draw per SVI step", lambda model: None),
+    "ours-particles1-refine": (
+        "AutoCouplingFlow, 1 draw per SVI step, refined in warm-up",
+        lambda model: None,
+    ),
 }
 
 #: ``neutra_mcmc`` options of a method, and the method whose key it shares (the same SVI
 #: fit, so the rows differ only by the option).
-NEUTRA_OPTIONS = {"ours-refine": ({"refine": True}, "ours")}
+NEUTRA_OPTIONS = {
+    "ours-refine": ({"refine": True}, "ours"),
+    # The default before NEUTRA_PARTICLES: one guide draw per SVI step.
+    "ours-particles1": ({"fit_kwargs": {"num_particles": 1}}, "ours"),
+    "ours-particles1-refine": ({"refine": True, "fit_kwargs": {"num_particles": 1}}, "ours"),
+}
 
 
 def row_key(seed: int, posterior: str, method: str):
@@ -156,6 +174,15 @@ def compare(draws: dict, reference: dict, ess: dict, reference_ess: float = REFE
 # --------------------------------------------------------------------------------------
 
 
+def neck_reference(name: str, reference: dict) -> float:
+    """The reference's :data:`NECK_QUANTILE` quantile of ``log tau``: exact where the
+    posterior knows it, else the reference draws' own (with their Monte Carlo error)."""
+    exact = posteriordb.POSTERIORS[name].log_tau_quantile
+    if exact is not None:
+        return float(exact(NECK_QUANTILE))
+    return float(np.quantile(np.log(reference["tau"]), NECK_QUANTILE))
+
+
 def run_row(name: str, method: str, seed: int, args) -> dict:
     """Sample ``name``'s posterior with ``method`` on key ``seed``; compare and count."""
     entry = posteriordb.POSTERIORS[name]
@@ -174,12 +201,14 @@ def run_row(name: str, method: str, seed: int, args) -> dict:
         _, idata = nuts_mcmc(model, key=key, **common)
         svi_seconds = 0.0
     else:
+        options = dict(NEUTRA_OPTIONS.get(method, ({}, None))[0])
+        fit_kwargs = {"steps": args.svi_steps} | options.pop("fit_kwargs", {})
         _, idata = neutra_mcmc(
             model,
             guide=make_guide(model),
-            fit_kwargs={"steps": args.svi_steps},
+            fit_kwargs=fit_kwargs,
             key=key,
-            **NEUTRA_OPTIONS.get(method, ({}, None))[0],
+            **options,
             **common,
         )
         svi_seconds = float(idata.attrs["svi_seconds"])
@@ -188,7 +217,9 @@ def run_row(name: str, method: str, seed: int, args) -> dict:
     if missing:
         raise KeyError(f"the {method} posterior of {name} lacks the reference sites {missing}")
     draws = {k: idata.posterior[k].values for k in reference}
-    row = {"posterior": name, "method": label, "seed": seed}
+    row = {"posterior": name, "method": label, "seed": seed, "chains": args.num_chains}
+    if make_guide is not None:
+        row["svi_draws"] = fit_kwargs.get("num_particles", NEUTRA_PARTICLES)
     row |= compare(draws, reference, bulk_ess(draws))
     n_steps = idata.sample_stats["n_steps"].values
     row["svi_grads"] = int(idata.attrs.get("svi_grads", 0))
@@ -210,7 +241,7 @@ def run_row(name: str, method: str, seed: int, args) -> dict:
         row["neck_mcse"] = float(
             az.mcse(np.log(draws["tau"]), method="quantile", prob=NECK_QUANTILE)
         )
-        row["neck_ref"] = float(np.quantile(np.log(reference["tau"]), NECK_QUANTILE))
+        row["neck_ref"] = neck_reference(name, reference)
     return row
 
 
@@ -218,6 +249,8 @@ COLUMNS = [
     ("posterior", "posterior", "{}"),
     ("method", "method", "{}"),
     ("seed", "key", "{:d}"),
+    ("chains", "chains", "{:d}"),
+    ("svi_draws", "SVI draws", "{:d}"),
     ("mean_err", "max mean err / sd", "{:.3f}"),
     ("sd_err", "max abs log sd ratio", "{:.3f}"),
     ("max_z", "max z", "{:.1f}"),
@@ -256,7 +289,8 @@ def table(rows) -> str:
 
 def _store_key(row, args) -> str:
     settings = f"{args.num_warmup}+{args.num_samples}x{args.num_chains}|svi {args.svi_steps}"
-    return f"{row['posterior']}|{row['method']}|{row['seed']}|{settings}"
+    draws = f"|draws {row['svi_draws']}" if "svi_draws" in row else ""
+    return f"{row['posterior']}|{row['method']}|{row['seed']}|{settings}{draws}"
 
 
 def _sort_key(row):
@@ -284,7 +318,7 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--num-chains", type=int, default=1)
+    parser.add_argument("--num-chains", type=int, default=NUM_CHAINS)
     parser.add_argument("--max-tree-depth", type=int, default=10)
     parser.add_argument("--svi-steps", type=int, default=10_000)
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test)")
@@ -301,6 +335,11 @@ def main(argv=None):
     name = "posteriors_quick" if args.quick else "posteriors"
     store = RESULTS / f"{name}.json"
     saved = {} if args.fresh or not store.exists() else json.loads(store.read_text())
+    for key, row in saved.items():
+        # Rows stored before the chains column: the count is in the key's settings.
+        row.setdefault("chains", int(key.split("|")[3].split("x")[1]))
+        if "neck_ref" in row and posteriordb.POSTERIORS[row["posterior"]].log_tau_quantile:
+            row["neck_ref"] = neck_reference(row["posterior"], {})
     command = f"python benchmarks/posteriors.py {shlex.join(argv)}".strip()
     for posterior in posteriors:
         for method in methods:

@@ -48,6 +48,7 @@ from .linear import (
 from .masks import alternating_mask, bit_masks, checkerboard_mask, half_mask
 from .neutra import (
     GUIDE_DRAWS,
+    NEUTRA_PARTICLES,
     NUM_CHAINS,
     neutra_mcmc,
     neutra_nuts,
@@ -91,6 +92,7 @@ __all__ = [
     "GLOBAL_MOVE_FIELDS",
     "GUIDE_DRAWS",
     "MLP",
+    "NEUTRA_PARTICLES",
     "NUM_CHAINS",
     "PERMUTATIONS",
     "TRANSFORMERS",

@@ -77,3 +77,8 @@ def test_exact_hierarchy_draws_match_the_posteriordb_reference():
         # Monte Carlo error of the difference: about sd * sqrt(1/10,000 + 1/40,000).
         assert np.all(np.abs(ours.mean(0) - ref.mean(0)) / sd < 0.05), site
         assert np.all(np.abs(np.log(ours.std(0) / sd)) < 0.05), site
+    # The exact neck: the reference draws' 0.5% quantile of log tau lies within their
+    # own Monte Carlo error (about 0.11 for 10,000 draws) of the grid's.
+    exact_q = posteriordb.POSTERIORS["eight_schools_centered"].log_tau_quantile(0.005)
+    assert abs(exact_q - np.quantile(np.log(reference["tau"]), 0.005)) < 0.3
+    assert abs(exact_q - np.quantile(np.log(exact["tau"]), 0.005)) < 0.2
