@@ -335,11 +335,6 @@ def main(argv=None):
     name = "posteriors_quick" if args.quick else "posteriors"
     store = RESULTS / f"{name}.json"
     saved = {} if args.fresh or not store.exists() else json.loads(store.read_text())
-    for key, row in saved.items():
-        # Rows stored before the chains column: the count is in the key's settings.
-        row.setdefault("chains", int(key.split("|")[3].split("x")[1]))
-        if "neck_ref" in row and posteriordb.POSTERIORS[row["posterior"]].log_tau_quantile:
-            row["neck_ref"] = neck_reference(row["posterior"], {})
     command = f"python benchmarks/posteriors.py {shlex.join(argv)}".strip()
     for posterior in posteriors:
         for method in methods:
