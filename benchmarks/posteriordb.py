@@ -347,10 +347,15 @@ def log_tau_marginal(y, sigma, mu_sd, tau_scale, n_grid: int = 40_001):
     return grid, cdf / cdf[-1]
 
 
+#: Grid points of :func:`log_tau_marginal` behind an exact quantile (a tenth of the draws'
+#: grid spacing).
+QUANTILE_GRID = 400_001
+
+
 def log_tau_quantile(y, sigma, mu_sd, tau_scale, q: float) -> float:
-    """The exact ``q`` quantile of ``log tau`` under :func:`normal_hierarchy` (grid of
-    400,001 points: the eight schools' 0.5% quantile is -3.704)."""
-    grid, cdf = log_tau_marginal(y, sigma, mu_sd, tau_scale, n_grid=400_001)
+    """The exact ``q`` quantile of ``log tau`` under :func:`normal_hierarchy` (on
+    :data:`QUANTILE_GRID` points: the eight schools' 0.5% quantile is -3.704)."""
+    grid, cdf = log_tau_marginal(y, sigma, mu_sd, tau_scale, n_grid=QUANTILE_GRID)
     return float(np.interp(q, cdf, grid))
 
 
@@ -361,7 +366,7 @@ def quantile_spread(y, sigma, mu_sd, tau_scale, q: float, n: int, repeats: int =
         ``(sd, miss)``: the sd of the sample quantile over ``repeats`` sets of draws, and
         the share of sets whose quantile is more than 0.3 from the exact one.
     """
-    grid, cdf = log_tau_marginal(y, sigma, mu_sd, tau_scale, n_grid=400_001)
+    grid, cdf = log_tau_marginal(y, sigma, mu_sd, tau_scale, n_grid=QUANTILE_GRID)
     exact = float(np.interp(q, cdf, grid))
     rng = np.random.default_rng(0)
     draws = np.interp(rng.uniform(size=(repeats, n)), cdf, grid)
