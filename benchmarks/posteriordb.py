@@ -1,4 +1,4 @@
-"""Reference posteriors: six posteriordb posteriors translated from Stan, and two exact ones.
+"""Reference posteriors: six posteriordb posteriors translated from Stan, and six of our own.
 
 Each entry of :data:`POSTERIORS` holds a NumPyro model whose keyword arguments are the names
 of its Stan data block, the loader of those data, and the loader of reference draws
@@ -31,6 +31,16 @@ And one exact hierarchical posterior, the centred eight-schools model on other d
   parameterisation, as written, is the one close to Gaussian. Its reference draws are exact:
   ``tau`` by the inverse CDF of its marginal posterior on a fine grid, then ``mu`` and
   ``theta`` from their Gaussian conditionals (:func:`normal_hierarchy_draws`).
+
+Three more, of classes the others lack:
+
+* ``banana`` (curved): a 4-D banana, one flat-prior site with a potential, exact draws;
+* ``student_t`` (heavy-tailed): a correlated 5-D Student-t with 5 degrees of freedom,
+  exact draws;
+* ``horseshoe`` (sparse regression): twelve coefficients, three of them active, under the
+  horseshoe prior written centred; reference draws by an auxiliary-variable Gibbs sampler
+  (:func:`horseshoe_gibbs`), compared on the log scale for ``tau`` and ``lam``, whose
+  Cauchy-like tails leave their sds infinite.
 """
 
 from __future__ import annotations
@@ -307,6 +317,132 @@ def ill_conditioned_reference(n: int = EXACT_DRAWS) -> dict:
     return {"x": data["mean"] + (z * np.sqrt(np.clip(eig, 0, None))) @ vec.T}
 
 
+def banana_data() -> dict:
+    """The banana's curvature ``b`` and dimension."""
+    return {"b": 0.1, "dim": 4}
+
+
+def banana(b, dim):
+    """A curved posterior: ``x_1 ~ N(0, 3^2)``, ``x_2 ~ N(b (x_1^2 - 9), 1)``, the other
+    coordinates ``N(0, 1)``, written as one flat-prior site with a potential (no structure
+    for a reparameterisation to use: the flow must learn the bend)."""
+    x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), (dim,)))
+    log_p = dist.Normal(0.0, 3.0).log_prob(x[0])
+    log_p += dist.Normal(b * (x[0] ** 2 - 9.0), 1.0).log_prob(x[1])
+    numpyro.factor("log_p", log_p + dist.Normal(0.0, 1.0).log_prob(x[2:]).sum())
+
+
+def banana_reference(n: int = EXACT_DRAWS) -> dict:
+    """``n`` exact draws of :func:`banana` (``x_1``, then ``x_2`` given it)."""
+    data = banana_data()
+    rng = np.random.default_rng(4)
+    x1 = 3.0 * rng.normal(size=n)
+    x2 = data["b"] * (x1**2 - 9.0) + rng.normal(size=n)
+    return {"x": np.column_stack([x1, x2, rng.normal(size=(n, data["dim"] - 2))])}
+
+
+def student_t_data(dim: int = 5) -> dict:
+    """Degrees of freedom, location and scale factor of a correlated ``dim``-D Student-t."""
+    rng = np.random.default_rng(20240603)
+    a = rng.normal(size=(dim, dim))
+    cov = a @ a.T / dim + 0.2 * np.eye(dim)
+    return {"df": 5.0, "loc": np.arange(dim, dtype=float), "scale_tril": np.linalg.cholesky(cov)}
+
+
+def student_t(df, loc, scale_tril):
+    """A heavy-tailed posterior: one multivariate Student-t site (5 degrees of freedom)."""
+    numpyro.sample("x", dist.MultivariateStudentT(df, jnp.asarray(loc), jnp.asarray(scale_tril)))
+
+
+def student_t_reference(n: int = EXACT_DRAWS) -> dict:
+    """``n`` exact draws of :func:`student_t` (a Gaussian over a chi-square's root)."""
+    data = student_t_data()
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(n, len(data["loc"]))) @ data["scale_tril"].T
+    w = np.sqrt(rng.chisquare(data["df"], size=(n, 1)) / data["df"])
+    return {"x": data["loc"] + z / w}
+
+
+def horseshoe_data(n: int = 60, p: int = 12) -> dict:
+    """``n`` observations of ``p`` standard-normal predictors, three of them active."""
+    rng = np.random.default_rng(20240604)
+    x = rng.normal(size=(n, p))
+    beta = np.zeros(p)
+    beta[:3] = [2.5, -1.5, 1.0]
+    return {"X": x, "y": x @ beta + rng.normal(size=n)}
+
+
+def horseshoe(X, y):
+    """Sparse regression with the horseshoe prior, written centred as it is usually written:
+    ``tau, lam_j ~ HalfCauchy(1)``, ``beta_j ~ N(0, tau lam_j)``, ``sigma2 ~
+    InverseGamma(2, 2)``, ``y ~ N(X beta, sigma2)``."""
+    tau = numpyro.sample("tau", dist.HalfCauchy(1.0))
+    lam = numpyro.sample("lam", dist.HalfCauchy(jnp.ones(X.shape[1])).to_event(1))
+    beta = numpyro.sample("beta", dist.Normal(0.0, tau * lam).to_event(1))
+    sigma2 = numpyro.sample("sigma2", dist.InverseGamma(2.0, 2.0))
+    numpyro.sample("y", dist.Normal(jnp.asarray(X) @ beta, jnp.sqrt(sigma2)), obs=jnp.asarray(y))
+
+
+def horseshoe_gibbs(
+    X, y, n: int = EXACT_DRAWS, chains: int = 20, thin: int = 20, seed: int = 6
+) -> dict:
+    """Draws of :func:`horseshoe`'s posterior by the auxiliary-variable Gibbs sampler.
+
+    Every half-Cauchy is written as a scale mixture of inverse gammas (Makalic & Schmidt,
+    2016: ``lam^2 | nu ~ IG(1/2, 1/nu)``, ``nu ~ IG(1/2, 1)``), so every conditional is
+    a Gaussian or an inverse gamma: no step size and no divergence, only autocorrelation,
+    which ``thin`` iterations between kept draws absorb (``tau``, the slowest, keeps an
+    ESS of about ``n``). ``chains`` independent chains run side by side, each dropping a
+    tenth of its iterations first and keeping ``n / chains`` draws.
+    """
+    rng = np.random.default_rng(seed)
+    num, p = X.shape
+    xtx, xty = X.T @ X, X.T @ y
+
+    def inv_gamma(shape, scale):
+        return scale / rng.gamma(shape, size=np.shape(scale))
+
+    lam2, nu = np.ones((chains, p)), np.ones((chains, p))
+    tau2, xi, sigma2 = np.ones((chains, 1)), np.ones((chains, 1)), np.ones((chains, 1))
+    per_chain = n // chains
+    burn = per_chain * thin // 10
+    kept = {"beta": [], "lam": [], "tau": [], "sigma2": []}
+    for i in range(burn + per_chain * thin):
+        precision = xtx / sigma2[..., None] + _batched_diag(1.0 / (tau2 * lam2))
+        chol = np.linalg.cholesky(precision)
+        mean = np.linalg.solve(precision, (xty / sigma2)[..., None])[..., 0]
+        noise = np.linalg.solve(np.swapaxes(chol, -1, -2), rng.normal(size=(chains, p, 1)))
+        beta = mean + noise[..., 0]
+        resid = y - beta @ X.T
+        sigma2 = inv_gamma(2.0 + num / 2, 2.0 + np.sum(resid**2, -1, keepdims=True) / 2)
+        lam2 = inv_gamma(1.0, 1.0 / nu + beta**2 / (2 * tau2))
+        nu = inv_gamma(1.0, 1.0 + 1.0 / lam2)
+        tau2 = inv_gamma((p + 1) / 2, 1.0 / xi + np.sum(beta**2 / (2 * lam2), -1, keepdims=True))
+        xi = inv_gamma(1.0, 1.0 + 1.0 / tau2)
+        if i >= burn and (i - burn) % thin == 0:
+            kept["beta"].append(beta)
+            kept["lam"].append(np.sqrt(lam2))
+            kept["tau"].append(np.sqrt(tau2[:, 0]))
+            kept["sigma2"].append(sigma2[:, 0])
+    # (draws, chains, ...) -> (chains * draws, ...), chain by chain
+    return {
+        k: np.swapaxes(np.asarray(v), 0, 1).reshape(-1, *np.shape(v[0])[1:])
+        for k, v in kept.items()
+    }
+
+
+def _batched_diag(v):
+    out = np.zeros((*v.shape, v.shape[-1]))
+    idx = np.arange(v.shape[-1])
+    out[..., idx, idx] = v
+    return out
+
+
+def horseshoe_reference(n: int = EXACT_DRAWS) -> dict:
+    """``n`` draws of :func:`horseshoe`'s posterior (:func:`horseshoe_gibbs`)."""
+    return horseshoe_gibbs(**horseshoe_data(), n=n)
+
+
 def normal_hierarchy(y, sigma, mu_sd, tau_scale):
     """``mu ~ N(0, mu_sd)``, ``tau ~ HalfCauchy(tau_scale)``, ``theta_j ~ N(mu, tau)``,
     ``y_j ~ N(theta_j, sigma_j)``: the centred eight schools with its priors as data."""
@@ -431,13 +567,16 @@ class Posterior:
         model: NumPyro model taking the data as keyword arguments.
         data: loader of those keyword arguments.
         reference: loader of the reference draws, ``site -> (n_draws, *site_shape)``.
-        source: where the posterior comes from (posteriordb name or "exact").
+        source: where the reference draws come from (a posteriordb name, ``"exact"`` or
+            ``"gibbs"``).
         to_latent: where the reference holds transformed parameters in place of some
             latent sites, ``(data, point) -> latent values`` of one point (``None``: the
             reference's sites are the latent sites).
         log_tau_quantile: for a normal hierarchy, ``q -> `` the exact ``q`` quantile of
             ``log tau`` (the reference draws' own tail quantile carries their Monte Carlo
             error; ``None``: none known).
+        log_sites: positive sites compared with the reference on the log scale (a scale
+            with a Cauchy-like right tail, whose sd is infinite or rests on a few draws).
     """
 
     model: Callable
@@ -446,6 +585,7 @@ class Posterior:
     source: str
     to_latent: Callable[[dict, dict], dict] | None = None
     log_tau_quantile: Callable[[float], float] | None = None
+    log_sites: tuple[str, ...] = ()
 
 
 def _pdb(model, data_name, reference_name, to_latent=None, log_tau_quantile=None) -> Posterior:
@@ -511,5 +651,15 @@ POSTERIORS = {
         cache(hierarchy_informative_reference),
         "exact",
         log_tau_quantile=lambda q: log_tau_quantile(**hierarchy_informative_data(), q=q),
+    ),
+    "banana": Posterior(banana, banana_data, cache(banana_reference), "exact"),
+    "student_t": Posterior(student_t, student_t_data, cache(student_t_reference), "exact"),
+    # Gibbs draws: as good as exact, not exact (the sampler's own autocorrelation).
+    "horseshoe": Posterior(
+        horseshoe,
+        horseshoe_data,
+        cache(horseshoe_reference),
+        "gibbs",
+        log_sites=("tau", "lam"),
     ),
 }

@@ -20,7 +20,7 @@ NAMES = list(posteriordb.POSTERIORS)
 
 
 def _needs_files(name):
-    if posteriordb.POSTERIORS[name].source != "exact" and not PDB.is_dir():
+    if posteriordb.POSTERIORS[name].source not in ("exact", "gibbs") and not PDB.is_dir():
         pytest.skip(f"posteriordb files not found at {PDB} (set POSTERIORDB to their folder)")
 
 
@@ -82,3 +82,28 @@ def test_exact_hierarchy_draws_match_the_posteriordb_reference():
     exact_q = posteriordb.POSTERIORS["eight_schools_centered"].log_tau_quantile(0.005)
     assert abs(exact_q - np.quantile(np.log(reference["tau"]), 0.005)) < 0.3
     assert abs(exact_q - np.quantile(np.log(exact["tau"]), 0.005)) < 0.2
+
+
+def test_exact_references_of_the_other_classes():
+    # The banana: x2 given x1 is N(b (x1^2 - 9), 1), so x2 - b (x1^2 - 9) is standard.
+    b = posteriordb.banana_data()["b"]
+    x = posteriordb.banana_reference()["x"]
+    resid = x[:, 1] - b * (x[:, 0] ** 2 - 9.0)
+    assert abs(resid.mean()) < 0.05 and abs(resid.std() - 1.0) < 0.03
+    assert abs(x[:, 0].std() - 3.0) < 0.1
+    # The Student-t: covariance df / (df - 2) L L^T.
+    data = posteriordb.student_t_data()
+    t = posteriordb.student_t_reference()["x"]
+    cov = data["df"] / (data["df"] - 2) * data["scale_tril"] @ data["scale_tril"].T
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(t.mean(0) - data["loc"]) / sd < 0.05)
+    assert np.all(np.abs(np.log(t.std(0) / sd)) < 0.06)
+
+
+def test_horseshoe_gibbs_keeps_its_draws_in_the_support():
+    data = posteriordb.horseshoe_data()
+    draws = posteriordb.horseshoe_gibbs(**data, n=200, chains=4, thin=2)
+    assert draws["beta"].shape == (200, data["X"].shape[1]) and draws["tau"].shape == (200,)
+    assert np.all(draws["lam"] > 0) and np.all(draws["tau"] > 0) and np.all(draws["sigma2"] > 0)
+    # Three large coefficients, found: their posterior means sit near the ones simulated.
+    assert np.allclose(draws["beta"][:, :3].mean(0), [2.5, -1.5, 1.0], atol=0.4)
