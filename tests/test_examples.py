@@ -12,9 +12,8 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_quick(script, tmp_path):
-    # A smoke test spends most of its time compiling: skip XLA's backend optimisations.
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
-    env = {**os.environ, "MPLBACKEND": "Agg", "XLA_FLAGS": flags}
+    # XLA_FLAGS (conftest: no backend optimisations) passes on with the environment.
+    env = {**os.environ, "MPLBACKEND": "Agg"}
     out = subprocess.run(
         [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
         capture_output=True,
