@@ -410,10 +410,11 @@ def horseshoe_gibbs(
     kept = {"beta": [], "lam": [], "tau": [], "sigma2": []}
     for i in range(burn + per_chain * thin):
         precision = xtx / sigma2[..., None] + (1.0 / (tau2 * lam2))[..., None] * np.eye(p)
+        # beta = P^-1 b + L^-T z with P = L L^T: one factorisation for mean and noise.
         chol = np.linalg.cholesky(precision)
-        mean = np.linalg.solve(precision, (xty / sigma2)[..., None])[..., 0]
-        noise = np.linalg.solve(np.swapaxes(chol, -1, -2), rng.normal(size=(chains, p, 1)))
-        beta = mean + noise[..., 0]
+        half = np.linalg.solve(chol, (xty / sigma2)[..., None])
+        noise = rng.normal(size=(chains, p, 1))
+        beta = np.linalg.solve(np.swapaxes(chol, -1, -2), half + noise)[..., 0]
         resid = y - beta @ X.T
         sigma2 = inv_gamma(2.0 + num / 2, 2.0 + np.sum(resid**2, -1, keepdims=True) / 2)
         lam2 = inv_gamma(1.0, 1.0 / nu + beta**2 / (2 * tau2))

@@ -220,11 +220,13 @@ def run_row(name: str, method: str, seed: int, args) -> dict:
     row = {"posterior": name, "method": label, "seed": seed, "chains": args.num_chains}
     if make_guide is not None:
         row["svi_draws"] = fit_kwargs.get("num_particles", NEUTRA_PARTICLES)
+
     # Sites with a Cauchy-like tail compare on the log scale (bulk ESS, rank-based, is
     # the same on either scale).
-    logged = {k: np.log(v) if k in entry.log_sites else v for k, v in draws.items()}
-    ref_scale = {k: np.log(v) if k in entry.log_sites else v for k, v in reference.items()}
-    row |= compare(logged, ref_scale, bulk_ess(draws))
+    def scaled(sites):
+        return {k: np.log(v) if k in entry.log_sites else v for k, v in sites.items()}
+
+    row |= compare(scaled(draws), scaled(reference), bulk_ess(draws))
     n_steps = idata.sample_stats["n_steps"].values
     row["svi_grads"] = int(idata.attrs.get("svi_grads", 0))
     row["warmup_grads"] = int(idata.attrs["warmup_grads"])
