@@ -30,6 +30,7 @@ from .global_moves import GLOBAL_MOVE_FIELDS, GlobalMoves, global_move_summary, 
 from .parameterisation import choose_parameterisation, hierarchical_sites, noncentre
 from .refinement import guide_scores, refine_guide
 from .sites import latent_shapes, prototype_trace, unconstrained_draws
+from .step_count import StepCount
 from .svi import fit_guide
 
 __all__ = [
@@ -60,11 +61,8 @@ NEUTRA_PARTICLES = 4
 
 
 def _warm_up(mcmc, key, args, model_kwargs) -> int:
-    """Run ``mcmc``'s warm-up on its own, keeping its draws; returns its gradients spent.
-
-    The chains then continue in ``mcmc.run(mcmc.post_warmup_state.rng_key, ...)`` as one
-    ``run`` would have taken them; the count is every leapfrog step of the warm-up.
-    """
+    """Run ``mcmc``'s warm-up on its own, keeping its draws; returns its gradients spent
+    (every leapfrog step of the warm-up)."""
     mcmc.warmup(key, *args, collect_warmup=True, extra_fields=("num_steps",), **model_kwargs)
     return int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
 
@@ -91,8 +89,9 @@ def _run_nuts(
     mcmc_kwargs = {"chain_method": _chain_method(num_chains)} | dict(mcmc_kwargs or {})
     kernel = with_global_moves(NUTS(model, **(nuts_kwargs or {})), global_moves)
     moves = isinstance(kernel, GlobalMoves)
+    # One run, one compiled loop: the running total tells the warm-up's gradients.
     mcmc = MCMC(
-        kernel,
+        StepCount(kernel),
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
@@ -100,10 +99,11 @@ def _run_nuts(
         **mcmc_kwargs,
     )
     start = time.perf_counter()
-    warmup_grads = _warm_up(mcmc, key, args, model_kwargs)
     extra_fields = _extra_fields() + (GLOBAL_MOVE_FIELDS if moves else ())
-    mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=extra_fields, **model_kwargs)
+    mcmc.run(key, *args, extra_fields=extra_fields, **model_kwargs)
     jax.block_until_ready(mcmc.get_samples())
+    sampled = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    warmup_grads = int(np.asarray(mcmc.last_state.total_steps).sum()) - sampled
     attrs = {"mcmc_seconds": time.perf_counter() - start, "warmup_grads": warmup_grads}
     if moves:
         attrs |= global_move_summary(mcmc.get_extra_fields())
