@@ -14,6 +14,13 @@ weights ``w = p / q``), and otherwise a NUTS transition. Both leave the target i
 so the chain is exact whatever the guide; the guide only decides how often a move is
 accepted. The rate is set by the user, or adapted during warm-up to the measured
 acceptance and frozen afterwards.
+
+NUTS adapts its step size and mass matrix on the first part of the warm-up only
+(``nuts_warmup``, a quarter of it by default): on a geometry the guide has whitened the
+adaptation settles quickly, and where the moves are accepted most of the chain's
+transitions are moves, so a full-length NUTS warm-up would spend most of the run's
+gradients on steps that the sampling phase hardly uses. The rest of the warm-up runs the
+final kernel and is discarded as burn-in.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ __all__ = [
     "GlobalMoves",
     "GlobalMovesState",
     "adapted_rate",
+    "default_nuts_warmup",
     "global_move_summary",
     "with_global_moves",
 ]
@@ -58,14 +66,15 @@ GlobalMovesState = namedtuple("GlobalMovesState", HMCState._fields + _EXTRA)
 _N_HMC = len(HMCState._fields)
 
 
-def adapted_rate(accept_mean, steps_mean, min_rate=0.1, max_rate=0.9):
+def adapted_rate(accept_mean, steps_mean, min_rate=0.1, max_rate=0.95):
     """The share of transitions to make moves: ``r / (1 + r)``, ``r = accept_mean * steps_mean``.
 
     A move costs one gradient and is a fresh draw with probability ``accept_mean``; a NUTS
     transition costs ``steps_mean`` gradients. ``r`` is the moves' return per gradient
     relative to NUTS's: where they pay (``r > 1``) most transitions are moves, where they
     do not (a guide that misses mass) few. The bounds keep some of each: NUTS unsticks a
-    chain that sits on a large importance weight, moves keep crossing between modes.
+    chain that sits on a large importance weight (at the ceiling, one transition in
+    twenty is still a NUTS step), moves keep crossing between modes.
 
     Args:
         accept_mean: mean acceptance probability of the moves.
@@ -84,21 +93,36 @@ def adapted_rate(accept_mean, steps_mean, min_rate=0.1, max_rate=0.9):
     return jnp.clip(ratio / (1.0 + ratio), min_rate, max_rate)
 
 
+def default_nuts_warmup(num_warmup: int) -> int:
+    """The warm-up transitions in which NUTS adapts, by default: a quarter, at least 100.
+
+    Never more than ``num_warmup``. NumPyro's adaptation schedule (Stan's: a 75-step
+    initial buffer, doubling mass-matrix windows, a 50-step final buffer) fits in 250
+    transitions, the share of a default 1000-transition warm-up.
+
+    Example:
+        >>> default_nuts_warmup(1000), default_nuts_warmup(200), default_nuts_warmup(50)
+        (250, 100, 50)
+    """
+    return min(int(num_warmup), max(100, int(num_warmup) // 4))
+
+
 class GlobalMoves(MCMCKernel):
     """A NUTS (or HMC) kernel mixed with independence Metropolis-Hastings moves.
 
-    After warm-up a transition is, with probability ``rate``, a move: ``z' ~ proposal``,
-    drawn independently of the current state and accepted with the exact
-    Metropolis-Hastings ratio; otherwise a NUTS transition. During warm-up every
-    transition runs NUTS (whose step size and mass matrix adapt) followed by a move (with
-    probability ``rate``; every time when it is adapted). An accepted move replaces the
+    A transition is, with probability ``rate``, a move: ``z' ~ proposal``, drawn
+    independently of the current state and accepted with the exact Metropolis-Hastings
+    ratio; otherwise a NUTS transition. In the first ``nuts_warmup`` transitions of the
+    warm-up, instead, every transition runs NUTS (whose step size and mass matrix adapt)
+    followed by a move (with probability ``rate``; every time when it is adapted); the
+    rest of the warm-up runs the final kernel as burn-in. An accepted move replaces the
     state's ``z``, ``potential_energy`` and ``z_grad`` (computed together, one gradient),
     so that NUTS continues from it. ``num_steps`` counts every gradient of a transition:
     NUTS's leapfrog steps plus one for a move.
 
     With ``rate=None`` the rate is :func:`adapted_rate` of the mean acceptance and NUTS
-    steps over the second half of warm-up, then frozen: after warm-up the chain is a fixed
-    mixture of two exact kernels.
+    steps over the second half of NUTS's adaptation, then frozen: from there on the chain
+    is a fixed mixture of two exact kernels.
 
     Args:
         inner: a NumPyro ``HMC`` or ``NUTS`` kernel (on a NeuTra-reparameterised model:
@@ -110,6 +134,9 @@ class GlobalMoves(MCMCKernel):
             NeuTra geometry is the guide itself.
         min_rate: the adapted rate's floor.
         max_rate: the adapted rate's ceiling.
+        nuts_warmup: the warm-up transitions in which NUTS adapts; ``None`` means
+            :func:`default_nuts_warmup` of the run's warm-up (a quarter, at least 100);
+            capped at the run's warm-up.
 
     The statistics of each transition (:data:`GLOBAL_MOVE_FIELDS`) are in the state:
     ``global_accept_prob`` (the move's acceptance probability, ``nan`` where none was
@@ -136,7 +163,8 @@ class GlobalMoves(MCMCKernel):
         rate: float | None = None,
         proposal=None,
         min_rate: float = 0.1,
-        max_rate: float = 0.9,
+        max_rate: float = 0.95,
+        nuts_warmup: int | None = None,
     ):
         if not isinstance(inner, MCMCKernel) or not hasattr(inner, "get_potential_fn"):
             raise TypeError(f"inner must be a NumPyro HMC or NUTS kernel, got {inner!r}")
@@ -147,12 +175,15 @@ class GlobalMoves(MCMCKernel):
                 f"min_rate and max_rate must satisfy 0 <= min_rate <= max_rate <= 1, "
                 f"got {min_rate} and {max_rate}"
             )
+        if nuts_warmup is not None and int(nuts_warmup) < 0:
+            raise ValueError(f"nuts_warmup must be a non-negative integer, got {nuts_warmup}")
         self.inner = inner
         self.rate = None if rate is None else float(rate)
         self.proposal = proposal
         self.min_rate = float(min_rate)
         self.max_rate = float(max_rate)
-        self._num_warmup = 0
+        self.nuts_warmup = None if nuts_warmup is None else int(nuts_warmup)
+        self._nuts_warmup = 0
         self._vectorized = False
 
     # --- delegated to the wrapped kernel ------------------------------------------------
@@ -187,8 +218,11 @@ class GlobalMoves(MCMCKernel):
     # --- the kernel ---------------------------------------------------------------------
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
         model_kwargs = {} if model_kwargs is None else model_kwargs
-        state = self.inner.init(rng_key, num_warmup, init_params, model_args, model_kwargs)
-        self._num_warmup = int(num_warmup)
+        nuts_warmup = (
+            default_nuts_warmup(num_warmup) if self.nuts_warmup is None else self.nuts_warmup
+        )
+        self._nuts_warmup = min(int(nuts_warmup), int(num_warmup))
+        state = self.inner.init(rng_key, self._nuts_warmup, init_params, model_args, model_kwargs)
         self._vectorized = not is_prng_key(rng_key)
         batch = jnp.shape(state.potential_energy)
         dtype = jnp.result_type(state.potential_energy)
@@ -214,9 +248,9 @@ class GlobalMoves(MCMCKernel):
         extra = state[_N_HMC:]
         rate, iteration = extra[2], extra[3]
         uniform = jax.vmap(jr.uniform) if vectorized else jr.uniform
-        warmup = iteration < self._num_warmup
-        # After warm-up a transition is either a move (probability ``rate``) or NUTS.
-        do_nuts = warmup | (uniform(choice_key) >= rate)
+        adapting = iteration < self._nuts_warmup
+        # Once NUTS has adapted, a transition is either a move (probability ``rate``) or NUTS.
+        do_nuts = adapting | (uniform(choice_key) >= rate)
 
         def run_nuts(s):
             return self.inner.sample(s, model_args, model_kwargs)
@@ -256,11 +290,11 @@ class GlobalMoves(MCMCKernel):
         potential_fn = self.inner.get_potential_fn(model_args, model_kwargs or {})
         flat, unravel = ravel_pytree(state.z)
         key_attempt, key_draw, key_accept = jr.split(key, 3)
-        warmup = iteration < self._num_warmup
-        # Warm-up: a move after each NUTS step (adaptive: every one, to measure the
-        # acceptance); afterwards: a move wherever NUTS did not run.
+        adapting = iteration < self._nuts_warmup
+        # While NUTS adapts: a move after each NUTS step (adaptive: every one, to measure
+        # the acceptance); afterwards: a move wherever NUTS did not run.
         p_warmup = 1.0 if self.rate is None else rate
-        attempt = jnp.where(warmup, jr.uniform(key_attempt) < p_warmup, ~did_nuts)
+        attempt = jnp.where(adapting, jr.uniform(key_attempt) < p_warmup, ~did_nuts)
         pe_dtype = jnp.result_type(state.potential_energy)
 
         def propose(_):
@@ -297,9 +331,9 @@ class GlobalMoves(MCMCKernel):
             energy=state.energy - state.potential_energy + pe,
             num_steps=nuts_steps + attempt.astype(jnp.result_type(nuts_steps)),
         )
-        # Warm-up statistics, from its second half (the chain near stationarity, the step
-        # size settled); the rate they give is frozen once warm-up ends.
-        counted = warmup & attempt & (2 * iteration >= self._num_warmup)
+        # Statistics from the second half of NUTS's adaptation (the chain near stationarity,
+        # the step size settled); the rate they give is frozen once the adaptation ends.
+        counted = adapting & attempt & (2 * iteration >= self._nuts_warmup)
         accept_sum = accept_sum + jnp.where(counted, prob, 0.0)
         attempts = attempts + counted.astype(attempts.dtype)
         weight = 1.0 / jnp.maximum(attempts, 1).astype(steps_mean.dtype)

@@ -7,7 +7,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.infer import NUTS, SVI, Trace_ELBO
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDiagonalNormal
 
 from numpyro_coupling import GlobalMoves, neutra_nuts, with_global_moves
@@ -76,3 +76,28 @@ def test_options_are_checked():
         with_global_moves(NUTS(two_modes), "often")
     assert with_global_moves(NUTS(two_modes), None).__class__ is NUTS
     assert float(adapted_rate(0.0, 10.0)) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="nuts_warmup"):
+        GlobalMoves(NUTS(two_modes), nuts_warmup=-1)
+
+
+def test_nuts_adapts_on_the_first_part_of_warmup():
+    # NUTS adapts over nuts_warmup transitions, each followed by a move; the rest of the
+    # warm-up is the final kernel: a move or a NUTS step, with the step size frozen.
+    def normal():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    mcmc = MCMC(
+        GlobalMoves(NUTS(normal), rate=0.5, nuts_warmup=40),
+        num_warmup=100, num_samples=5, progress_bar=False,
+    )  # fmt: skip
+    fields = ("adapt_state.step_size", "num_steps", "global_accept_prob")
+    mcmc.warmup(jr.key(0), collect_warmup=True, extra_fields=fields)
+    extra = mcmc.get_extra_fields()
+    step_size = np.asarray(extra["adapt_state.step_size"])
+    assert len(np.unique(step_size[:40])) > 1
+    assert np.all(step_size[40:] == step_size[40])
+    moved = ~np.isnan(np.asarray(extra["global_accept_prob"]))
+    n_steps = np.asarray(extra["num_steps"])
+    assert np.all(n_steps[:40] >= 1 + moved[:40])  # NUTS, and a move where attempted
+    assert np.all(n_steps[40:][moved[40:]] == 1)  # a move instead of NUTS
+    assert 0 < moved[40:].mean() < 1
