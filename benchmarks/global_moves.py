@@ -1,15 +1,22 @@
 """Global moves benchmark: plain NUTS, NeuTra, and NeuTra mixed with moves from the guide.
 
-Protocol (one process, keys ``--seeds``, one chain of ``--num-warmup`` + ``--num-samples``
-per method): the guide is fitted once per target and key (``fit_guide``, tempered on the
-multimodal targets) and shared by the two NeuTra rows, which also share their MCMC key;
-``neutra_nuts`` runs it without moves and with ``global_moves=True`` (the rate adapted in
-warm-up). Plain NUTS runs on the model itself.
+Protocol (one process, keys ``--seeds``, the package's default number of chains, each of
+``--num-warmup`` + ``--num-samples`` transitions, per method):
 
-Every gradient and log-density evaluation is counted: the SVI fit's (``svi_grads``:
-steps times particles, and the Gaussian fit's), the guide diagnostics' 2000 draws, NUTS's
-leapfrog steps in warm-up and sampling, and one per global move (``num_steps`` of a
-:class:`~numpyro_coupling.GlobalMoves` transition includes it). Reported per row:
+* multimodal targets: the guide is fitted once per target and key (``fit_guide``,
+  tempered) and shared by the two NeuTra rows, which also share their MCMC key;
+  ``neutra_nuts`` runs it without moves and with ``global_moves=True`` (the rate adapted
+  in warm-up);
+* unimodal targets: ``neutra_mcmc`` at its defaults (parameterisation chosen, guide fitted
+  with its plateau rule), once without moves and once with ``global_moves=True``, from the
+  same key, so that both rows run on the same guide;
+* plain NUTS runs on the model itself.
+
+Every gradient and log-density evaluation is counted: the parameterisation choice's, the
+SVI fit's (steps times particles, and the Gaussian fit's), the guide diagnostics' 2000
+draws, NUTS's leapfrog steps in warm-up and sampling, and one per global move
+(``num_steps`` of a :class:`~numpyro_coupling.GlobalMoves` transition includes it).
+Reported per row:
 
 * min ESS: the minimum bulk ESS over every unconstrained latent coordinate;
 * ESS/grad (sampling): min ESS over the gradients after warm-up; ESS/grad (all): over
@@ -35,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -45,8 +53,10 @@ from numpyro.distributions import constraints
 
 from numpyro_coupling import (
     GUIDE_DRAWS,
+    NUM_CHAINS,
     AutoCouplingFlow,
     fit_guide,
+    neutra_mcmc,
     neutra_nuts,
     nuts_mcmc,
     sampling_efficiency,
@@ -78,7 +88,8 @@ def _mixture_modes(x):
     return d.argmin(-1)
 
 
-# name -> (model, guide options, fit options, mode labeller, exact mode weights)
+# name -> (model, guide options, fit options, mode labeller, exact mode weights); the
+# unimodal targets run neutra_mcmc's defaults (their options are for --quick only).
 TARGETS = {
     "dualmoon": (
         dual_moon,
@@ -94,16 +105,15 @@ TARGETS = {
         _mixture_modes,
         MIXTURE_WEIGHTS,
     ),
-    "funnel": (funnel, {}, {"steps": 5000}, None, None),
-    "eightschools": (eight_schools, {}, {"steps": 5000}, None, None),
+    "funnel": (funnel, {}, {}, None, None),
+    "eightschools": (eight_schools, {}, {}, None, None),
 }
 
 
 def _mode_stats(idata, labeller, weights):
-    x = np.asarray(idata.posterior["x"].values[0])
-    modes = labeller(x)
-    shares = np.bincount(modes, minlength=len(weights)) / len(modes)
-    switches = np.sum(modes[1:] != modes[:-1]) * 1000 / len(modes)
+    modes = labeller(np.asarray(idata.posterior["x"].values))  # (chain, draw)
+    shares = np.bincount(modes.ravel(), minlength=len(weights)) / modes.size
+    switches = np.sum(modes[:, 1:] != modes[:, :-1]) * 1000 / modes.size
     return {
         "shares": "/".join(f"{s:.3f}" for s in shares),
         "max_share_error": float(np.max(np.abs(shares - weights))),
@@ -111,11 +121,11 @@ def _mode_stats(idata, labeller, weights):
     }
 
 
-def _row(target, key, method, idata, labeller, weights, *, svi_grads=0, guide=False):
+def _row(target, key, method, idata, labeller, weights):
     eff = sampling_efficiency(idata)
-    # Everything: SVI, the guide diagnostics' log densities, warm-up, sampling.
-    total = eff["n_grads"] + int(idata.attrs["warmup_grads"]) + svi_grads
-    total += GUIDE_DRAWS if guide else 0
+    # Everything: the choice, SVI, warm-up and sampling, and the guide diagnostics' draws.
+    guide = "guide_k_hat" in idata.attrs
+    total = eff["total_grads"] + (GUIDE_DRAWS if guide else 0)
     row = {
         "target": target,
         "key": key,
@@ -126,6 +136,7 @@ def _row(target, key, method, idata, labeller, weights, *, svi_grads=0, guide=Fa
         "total": total,
         "ess_per_total": eff["min_ess"] / total,
         "divergences": eff["divergences"],
+        "k_hat": idata.attrs.get("guide_k_hat", np.nan),
         "accept": idata.attrs.get("global_acceptance_rate", np.nan),
         "rate": idata.attrs.get("global_rate", np.nan),
         "seconds": eff["seconds"],
@@ -151,6 +162,17 @@ def run_target(name, key, args):
     rows = []
     _, idata = nuts_mcmc(model, key=jr.fold_in(jr.key(key), 1), **common)
     rows.append(_row(name, key, "NUTS", idata, labeller, weights))
+    methods = (("NeuTra", None), ("NeuTra + global moves", True))
+    if labeller is None:
+        fit_kwargs = {"steps": fit_kw["steps"]} if "steps" in fit_kw else None
+        guide = guide_kw or None
+        for method, moves in methods:
+            _, idata = neutra_mcmc(
+                model, key=jr.key(key), global_moves=moves, guide=guide, fit_kwargs=fit_kwargs,
+                **common,
+            )  # fmt: skip
+            rows.append(_row(name, key, method, idata, labeller, weights))
+        return rows
     start = time.perf_counter()
     guide, params, losses, state = fit_guide(
         model,
@@ -162,12 +184,13 @@ def run_target(name, key, args):
     )
     svi_seconds = time.perf_counter() - start
     mcmc_key = jr.fold_in(jr.key(key), 2)
-    for method, moves in (("NeuTra", None), ("NeuTra + global moves", True)):
+    for method, moves in methods:
         _, idata = neutra_nuts(
             model, guide, params, key=mcmc_key, global_moves=moves, losses=losses, **common
         )
-        row = _row(name, key, method, idata, labeller, weights, svi_grads=state.n_grads, guide=True)
-        rows.append(row | {"k_hat": idata.attrs["guide_k_hat"], "svi_seconds": svi_seconds})
+        idata.attrs["svi_grads"] = state.n_grads
+        row = _row(name, key, method, idata, labeller, weights)
+        rows.append(row | {"svi_seconds": svi_seconds})
     return rows
 
 
@@ -231,14 +254,17 @@ def main(argv=None):
         for key in seeds:
             rows += run_target(name, key, args)
             print(format_table(rows[-3:], COLUMNS), flush=True)
+            # Every run compiles new programs; a long run otherwise exhausts the kernel's
+            # memory mappings (LLVM: "Cannot allocate memory", then a crash).
+            jax.clear_caches()
     flowmc = importlib.util.find_spec("flowMC") is not None
     given = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/global_moves.py " + shlex.join(given)
     lines = [
         "# Global moves: NUTS, NeuTra, NeuTra + independence moves from the guide",
         "",
-        f"`{command.strip()}`; one chain of {args.num_warmup} warm-up + {args.num_samples} "
-        "draws per method.",
+        f"`{command.strip()}`; {NUM_CHAINS} chains of {args.num_warmup} warm-up + "
+        f"{args.num_samples} draws per method.",
         "",
         format_table(rows, COLUMNS),
         "",
