@@ -36,6 +36,8 @@ from numpyro.infer.hmc import HMCState
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
+from .wrapped_kernel import WrappedKernel
+
 __all__ = [
     "GLOBAL_MOVE_FIELDS",
     "GlobalMoves",
@@ -107,7 +109,7 @@ def default_nuts_warmup(num_warmup: int) -> int:
     return min(int(num_warmup), max(100, int(num_warmup) // 4))
 
 
-class GlobalMoves(MCMCKernel):
+class GlobalMoves(WrappedKernel):
     """A NUTS (or HMC) kernel mixed with independence Metropolis-Hastings moves.
 
     A transition is, with probability ``rate``, a move: ``z' ~ proposal``, drawn
@@ -177,7 +179,7 @@ class GlobalMoves(MCMCKernel):
             )
         if nuts_warmup is not None and int(nuts_warmup) < 0:
             raise ValueError(f"nuts_warmup must be a non-negative integer, got {nuts_warmup}")
-        self.inner = inner
+        super().__init__(inner)
         self.rate = None if rate is None else float(rate)
         self.proposal = proposal
         self.min_rate = float(min_rate)
@@ -185,31 +187,6 @@ class GlobalMoves(MCMCKernel):
         self.nuts_warmup = None if nuts_warmup is None else int(nuts_warmup)
         self._nuts_warmup = 0
         self._vectorized = False
-
-    # --- delegated to the wrapped kernel ------------------------------------------------
-    @property
-    def model(self):
-        return self.inner.model
-
-    @property
-    def sample_field(self):
-        return self.inner.sample_field
-
-    @property
-    def default_fields(self):
-        return self.inner.default_fields
-
-    @property
-    def _sample_fn(self):
-        # NumPyro's MCMC initialises a kernel again unless its ``_sample_fn`` is set; a
-        # second ``init`` of vectorised chains would batch NUTS's step twice.
-        return getattr(self.inner, "_sample_fn", None)
-
-    def postprocess_fn(self, model_args, model_kwargs):
-        return self.inner.postprocess_fn(model_args, model_kwargs)
-
-    def get_potential_fn(self, model_args=(), model_kwargs=None):
-        return self.inner.get_potential_fn(model_args, model_kwargs)
 
     def get_diagnostics_str(self, state):
         inner = self.inner.get_diagnostics_str(HMCState(*state[:_N_HMC]))

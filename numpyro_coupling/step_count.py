@@ -14,7 +14,8 @@ import functools
 from collections import namedtuple
 
 import jax.numpy as jnp
-from numpyro.infer.mcmc import MCMCKernel
+
+from .wrapped_kernel import WrappedKernel
 
 __all__ = ["StepCount", "counted_state_type"]
 
@@ -33,7 +34,7 @@ def counted_state_type(state_type):
     return namedtuple(f"Counted{state_type.__name__}", (*state_type._fields, "total_steps"))
 
 
-class StepCount(MCMCKernel):
+class StepCount(WrappedKernel):
     """A kernel that runs ``inner`` and adds up its ``num_steps`` over every transition.
 
     The state is the inner kernel's with one more field, ``total_steps``: the gradients
@@ -56,38 +57,6 @@ class StepCount(MCMCKernel):
         >>> int(mcmc.last_state.total_steps) > sampled  # the warm-up's steps as well
         True
     """
-
-    def __init__(self, inner):
-        if not isinstance(inner, MCMCKernel):
-            raise TypeError(f"inner must be a NumPyro MCMC kernel, got {inner!r}")
-        self.inner = inner
-
-    @property
-    def model(self):
-        return self.inner.model
-
-    @property
-    def sample_field(self):
-        return self.inner.sample_field
-
-    @property
-    def default_fields(self):
-        return self.inner.default_fields
-
-    @property
-    def is_ensemble_kernel(self):
-        return self.inner.is_ensemble_kernel
-
-    @property
-    def _sample_fn(self):
-        # NumPyro's MCMC initialises a kernel again unless its ``_sample_fn`` is set.
-        return getattr(self.inner, "_sample_fn", None)
-
-    def postprocess_fn(self, model_args, model_kwargs):
-        return self.inner.postprocess_fn(model_args, model_kwargs)
-
-    def get_potential_fn(self, model_args=(), model_kwargs=None):
-        return self.inner.get_potential_fn(model_args, model_kwargs)
 
     def get_diagnostics_str(self, state):
         return self.inner.get_diagnostics_str(self._inner_state(state))
