@@ -24,14 +24,18 @@ __all__ = ["StepCount", "counted_state_type"]
 def counted_state_type(state_type):
     """The state type of :class:`StepCount` over ``state_type``: its fields and ``total_steps``.
 
-    One class per wrapped state type, so that compiled programs are reused.
+    One class per wrapped state type, so that compiled programs are reused; its
+    ``inner_type`` is ``state_type``.
 
     Example:
         >>> from numpyro.infer.hmc import HMCState
-        >>> counted_state_type(HMCState)._fields[-2:]
-        ('rng_key', 'total_steps')
+        >>> counted = counted_state_type(HMCState)
+        >>> counted._fields[-2:], counted.inner_type is HMCState
+        (('rng_key', 'total_steps'), True)
     """
-    return namedtuple(f"Counted{state_type.__name__}", (*state_type._fields, "total_steps"))
+    counted = namedtuple(f"Counted{state_type.__name__}", (*state_type._fields, "total_steps"))
+    counted.inner_type = state_type
+    return counted
 
 
 class StepCount(WrappedKernel):
@@ -61,16 +65,16 @@ class StepCount(WrappedKernel):
     def get_diagnostics_str(self, state):
         return self.inner.get_diagnostics_str(self._inner_state(state))
 
-    def _inner_state(self, state):
-        return self._inner_type(*state[:-1])
+    @staticmethod
+    def _inner_state(state):
+        return type(state).inner_type(*state[:-1])
 
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
         state = self.inner.init(rng_key, num_warmup, init_params, model_args, model_kwargs or {})
-        self._inner_type = type(state)
         total = jnp.zeros(jnp.shape(state.num_steps), jnp.int32)
-        return counted_state_type(self._inner_type)(*state, total)
+        return counted_state_type(type(state))(*state, total)
 
     def sample(self, state, model_args, model_kwargs):
         new = self.inner.sample(self._inner_state(state), model_args, model_kwargs)
         total = state.total_steps + jnp.asarray(new.num_steps, jnp.int32)
-        return counted_state_type(self._inner_type)(*new, total)
+        return type(state)(*new, total)
