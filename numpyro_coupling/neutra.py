@@ -292,8 +292,12 @@ def neutra_nuts(
         mcmc_kwargs=mcmc_kwargs,
         global_moves=global_moves,
     )
-    z = mcmc.get_samples(group_by_chain=True)[f"{guide.prefix}_shared_latent"]
-    posterior = neutra.transform_sample(z)
+    # NumPyro's collection loop already replayed the model on every draw: its latent and
+    # deterministic sites are the posterior, so the guide maps each draw once more only
+    # for the unconstrained coordinates (one compiled transform, not two).
+    draws = mcmc.get_samples(group_by_chain=True)
+    z = draws[f"{guide.prefix}_shared_latent"]
+    posterior = {k: v for k, v in draws.items() if k != f"{guide.prefix}_shared_latent"}
     x = jax.vmap(jax.vmap(neutra.transform))(z)
     unconstrained = jax.vmap(jax.vmap(guide._unpack_latent))(x)
     attrs |= {f"guide_{k}": v for k, v in guide_diag._asdict().items()} | refine_attrs
