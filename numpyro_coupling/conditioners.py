@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from . import initial_draws
 from .transformers import soft_clamp
 
 __all__ = ["ACTIVATIONS", "LINEAR_REACH", "MLP", "GuideConditioner"]
@@ -82,16 +83,17 @@ class MLP(eqx.Module):
             last = i == len(sizes) - 2
             wkey, bkey = jr.split(k)
             lim = 1.0 / math.sqrt(max(n_in, 1))
+            # Host zeros and pooled draws: no compilation per layer shape.
             if last and zero_init:
-                w = jnp.zeros((n_in, n_out), dtype)
+                w = jnp.asarray(np.zeros((n_in, n_out), dtype))
             else:
-                w = jr.uniform(wkey, (n_in, n_out), dtype, -lim, lim)
+                w = initial_draws.uniform(wkey, (n_in, n_out), dtype, -lim, lim)
             if last and final_bias is not None:
                 b = jnp.asarray(final_bias, dtype)
             elif last and zero_init:
-                b = jnp.zeros((n_out,), dtype)
+                b = jnp.asarray(np.zeros((n_out,), dtype))
             else:
-                b = jr.uniform(bkey, (n_out,), dtype, -lim, lim)
+                b = initial_draws.uniform(bkey, (n_out,), dtype, -lim, lim)
             self.weights.append(w)
             self.biases.append(b)
         self.activation = activation
@@ -170,8 +172,9 @@ class GuideConditioner(eqx.Module):
         else:
             self.scale_index = int(scale_index)
             key = jr.key(0) if key is None else key
-            self.proj = jr.normal(key, (n_in, linear_rank), w_in.dtype) / np.sqrt(n_in)
-            self.lift = jnp.zeros((linear_rank, n_active), w_in.dtype)
+            proj = initial_draws.normal(key, (n_in, linear_rank), w_in.dtype)
+            self.proj = proj / np.sqrt(n_in)
+            self.lift = jnp.asarray(np.zeros((linear_rank, n_active), w_in.dtype))
 
     def __call__(self, x):
         out = self.net(x if self.bound is None else soft_clamp(x, self.bound))

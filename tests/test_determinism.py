@@ -108,3 +108,35 @@ def test_fresh_process_gives_the_same_bits():
     leaves = jax.tree_util.tree_leaves((flow, flow.log_prob(x)))
     here = hashlib.sha256(b"".join(np.asarray(leaf).tobytes() for leaf in leaves)).hexdigest()
     assert out.stdout.strip().splitlines()[-1] == here
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (64,), (7, 13), (130,)])
+def test_initial_draws_are_jax_random_draws(shape, dtype):
+    """The pooled initial draws are ``jax.random``'s own bits, whatever the pool size."""
+    from numpyro_coupling import initial_draws
+
+    key = jr.key(3)
+    u = initial_draws.uniform(key, shape, dtype, -0.5, 0.5)
+    assert u.shape == shape and u.dtype == dtype
+    np.testing.assert_array_equal(u, jr.uniform(key, shape, dtype, -0.5, 0.5))
+    np.testing.assert_array_equal(
+        initial_draws.normal(key, shape, dtype), jr.normal(key, shape, dtype)
+    )
+
+
+def test_initial_draws_under_jit_and_vmap():
+    """Traced keys (a flow built inside ``jit`` or ``vmap``) take ``jax.random`` directly."""
+    import equinox as eqx
+
+    from numpyro_coupling import initial_draws
+
+    keys = jr.split(jr.key(0), 3)
+    got = jax.jit(jax.vmap(lambda k: initial_draws.uniform(k, (4, 3))))(keys)
+    np.testing.assert_array_equal(got, jax.vmap(lambda k: jr.uniform(k, (4, 3)))(keys))
+
+    def layers(k):
+        return nc.coupling_layers(k, (3,), n_layers=1, nn_width=4, zero_init=False)
+
+    batched = eqx.filter_vmap(layers)(keys)[0].conditioner.weights[0]
+    one = layers(keys[1])[0].conditioner.weights[0]
+    np.testing.assert_array_equal(batched[1], one)
