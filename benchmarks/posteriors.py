@@ -240,6 +240,8 @@ def run_row(name: str, method: str, seed: int, args) -> dict:
     row["is_ess"] = float(idata.attrs.get("guide_ess", np.nan)) / GUIDE_DRAWS
     row["warned"] = "yes" if list(idata.attrs.get("warnings", [])) else "no"
     row["noncentred"] = ",".join(idata.attrs.get("noncentred_sites", [])) or "-"
+    if idata.attrs.get("centring"):
+        row["noncentred"] += " (partial)"
     if "tau" in reference:
         # A hierarchical scale's neck: how far into it the chain went, against the reference.
         row["neck"] = float(np.quantile(np.log(draws["tau"]), NECK_QUANTILE))

@@ -57,6 +57,7 @@ from .neutra import (
 )
 from .parameterisation import (
     Parameterisation,
+    centredness,
     choose_parameterisation,
     hierarchical_sites,
     noncentre,
@@ -140,6 +141,7 @@ __all__ = [
     "as_key",
     "as_shape",
     "bit_masks",
+    "centredness",
     "chain_diagnostics",
     "checkerboard_mask",
     "choose_parameterisation",

@@ -323,12 +323,17 @@ def _parameterised(model, args, model_kwargs, *, reparam, guide, key):
             return model, {"noncentred_sites": []}
         choice = choose_parameterisation(model, *args, key=key, **model_kwargs)
         elbo_items = choice.elbos.items()
-        # A string, so that the InferenceData still saves to netCDF.
+        # Strings, so that the InferenceData still saves to netCDF.
         elbos = "; ".join(f"{','.join(k) or 'as written'}: {v:.3f}" for k, v in elbo_items)
+        centring = "; ".join(
+            f"{k}: {np.min(c):.2f}-{np.max(c):.2f} (mean {np.mean(c):.2f})"
+            for k, c in choice.centring.items()
+        )
         return choice.model, {
             "noncentred_sites": list(choice.noncentred),
             "reparam_grads": choice.n_grad,
             "reparam_elbos": elbos,
+            "centring": centring,
         }
     candidates = hierarchical_sites(model, *args, **model_kwargs)
     sites = candidates if reparam is True else list(reparam)
@@ -380,8 +385,11 @@ def neutra_mcmc(
             :func:`~numpyro_coupling.hierarchical_sites`). ``"auto"`` (default): centred
             as written or non-centred (``theta = mu + tau * eta``), whichever posterior
             is nearer to Gaussian (:func:`~numpyro_coupling.choose_parameterisation`; its
-            log-density evaluations count in ``attrs["reparam_grads"]``); kept as written
-            when ``guide`` is a guide instance. ``True``: every such site non-centred; a
+            log-density evaluations count in ``attrs["reparam_grads"]``), or, nearer
+            still, each element centred as far as the data pin it down (a sparse
+            regression's coefficients; ``attrs["centring"]`` then gives the range of
+            :func:`~numpyro_coupling.centredness`); kept as written when ``guide`` is a
+            guide instance. ``True``: every such site non-centred; a
             list: those sites; ``False``: the model as written. The sites non-centred are
             in ``attrs["noncentred_sites"]``; the posterior holds them as they are in the
             model, and their standardised draws as ``{site}_decentered``.

@@ -10,15 +10,26 @@ pin each ``theta`` down, it is the other way round. The two parameterisations de
 the same posterior with the same evidence, so their variational Gaussians' ELBOs compare
 directly: the higher one is the nearer to Gaussian, which is the geometry a NeuTra guide
 and NUTS handle best.
+
+One site can hold both kinds of element: a sparse regression's few large coefficients are
+pinned down by the data and its many small ones are not. There each element gets its own
+degree of centring, ``c = 1 - v / s^2`` (NumPyro's ``LocScaleReparam(c)``: ``theta =
+mu + tau^(1 - c) (eta - c mu)``, ``eta ~ Normal(c mu, tau^c)``), with ``v`` the element's
+variance under the Gaussian fit of the model as written and ``s`` its prior scale there:
+for a Gaussian prior and likelihood this is the share of the element's precision that
+comes from the data, the centring under which the element and its scale are uncorrelated.
+This partial parameterisation is one more candidate, scored by the same ELBO.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
@@ -37,6 +48,7 @@ __all__ = [
     "ELBO_MARGIN",
     "LOC_SCALE_FAMILIES",
     "Parameterisation",
+    "centredness",
     "choose_parameterisation",
     "gaussian_elbo",
     "hierarchical_sites",
@@ -116,13 +128,16 @@ def hierarchical_sites(model, *args, **kwargs) -> list[str]:
 def noncentre(model, sites):
     """``model`` with ``sites`` non-centred: ``theta = loc + scale * eta``, ``eta`` standard.
 
-    NumPyro's ``LocScaleReparam(0)`` on each site: the model samples ``{site}_decentered``
+    NumPyro's ``LocScaleReparam`` on each site: the model samples ``{site}_decentered``
     and records the original site as a deterministic one, so predictions and posteriors
     still hold it.
 
     Args:
         model: a NumPyro model.
-        sites: names of location-scale latent sites (e.g. from :func:`hierarchical_sites`).
+        sites: names of location-scale latent sites (e.g. from :func:`hierarchical_sites`),
+            each non-centred fully; or a dict from such names to their degree of centring
+            ``c`` in ``[0, 1]``, a number or an array of the site's shape (``0``:
+            non-centred, ``1``: as written; see :func:`centredness`).
 
     Returns:
         The rewritten model (``model`` itself when ``sites`` is empty).
@@ -137,17 +152,104 @@ def noncentre(model, sites):
         >>> tr["theta_decentered"]["type"], tr["theta"]["type"]
         ('sample', 'deterministic')
     """
-    sites = list(sites)
-    if not sites:
+    centring = dict(sites) if isinstance(sites, Mapping) else dict.fromkeys(sites, 0.0)
+    if not centring:
         return model
 
     def config(site):
-        if site["name"] in sites:
+        if site["name"] in centring:
             shape_params = LOC_SCALE_FAMILIES.get(type(_family(site["fn"])), ())
-            return LocScaleReparam(0.0, shape_params=shape_params)
+            c = centring[site["name"]]
+            c = float(c) if np.ndim(c) == 0 else jnp.asarray(c)
+            return LocScaleReparam(c, shape_params=shape_params)
         return None
 
     return handlers.reparam(model, config=config)
+
+
+class _Fit(NamedTuple):
+    # A model's variational Gaussian, with what maps it back onto the model's sites.
+    fit: object
+    info: object
+    unravel: object
+
+
+def _gaussian_fit(model, args, kwargs, key) -> _Fit:
+    info = initialize_model(
+        jr.fold_in(key, 0),
+        model,
+        model_args=args,
+        model_kwargs=kwargs,
+        init_strategy=init_to_median,
+        dynamic_args=False,
+    )
+    x0, unravel = ravel_pytree(info.param_info.z)
+
+    def potential(x):
+        return info.potential_fn(unravel(x))
+
+    fit = jax.jit(lambda x, k: gaussian_vi_fit(potential, x, k, **ELBO_FIT))(x0, jr.fold_in(key, 1))
+    return _Fit(fit, info, unravel)
+
+
+def _elbo(fitted: _Fit, key, num_draws):
+    fit, info, unravel = fitted
+    d = fit.loc.shape[0]
+    eps = jr.normal(jr.fold_in(key, 2), (num_draws, d), fit.loc.dtype)
+    log_p = -jax.vmap(lambda x: info.potential_fn(unravel(x)))(fit.loc + eps @ fit.chol.T)
+    log_q = -0.5 * jnp.sum(eps**2, -1) - jnp.sum(jnp.log(jnp.diagonal(fit.chol)))
+    elbo = jnp.mean(log_p - log_q) + 0.5 * d * jnp.log(2 * jnp.pi)
+    elbo = jnp.where(fit.ok & jnp.isfinite(elbo), elbo, -jnp.inf)
+    return float(elbo), int(fit.n_grad) + num_draws
+
+
+def _centring_of(fitted: _Fit, model, sites, args, kwargs) -> dict:
+    fit, info, unravel = fitted
+    variance = unravel(jnp.sum(fit.chol**2, -1))
+    at_loc = info.postprocess_fn(unravel(fit.loc))
+    seeded = handlers.seed(handlers.substitute(model, data=at_loc), 0)
+    trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+    out = {}
+    for name in sites:
+        v = np.asarray(variance[name])
+        scale = np.broadcast_to(np.asarray(_family(trace[name]["fn"]).scale), v.shape)
+        out[name] = np.clip(1.0 - v / scale**2, 0.0, 1.0)
+    return out
+
+
+def centredness(model, *args, key=None, **kwargs) -> dict:
+    """Each hierarchical site's per-element degree of centring, from the Gaussian fit.
+
+    ``c = clip(1 - v / s^2, 0, 1)`` with ``v`` an element's variance under the
+    variational Gaussian of the model as written (:func:`gaussian_elbo`'s fit) and ``s``
+    the element's prior scale at that Gaussian's mean: near 1 where the data pin the
+    element down (centre it), near 0 where its prior dominates (non-centre it).
+    ``noncentre(model, centredness(model))`` is the partial parameterisation
+    :func:`choose_parameterisation` tries.
+
+    Args:
+        model: a NumPyro model with continuous latent sites.
+        *args: its positional arguments.
+        key: PRNG key (default ``jax.random.key(0)``).
+        **kwargs: its keyword arguments.
+
+    Returns:
+        ``{site: c}``, ``c`` an array of the site's shape, for every
+        :func:`hierarchical_sites` site.
+
+    Example:
+        >>> import numpy as np, numpyro, numpyro.distributions as dist
+        >>> def model():  # two effects measured well, two hardly at all
+        ...     tau = numpyro.sample("tau", dist.HalfNormal(3.0))
+        ...     theta = numpyro.sample("theta", dist.Normal(0.0, tau).expand([4]).to_event(1))
+        ...     sd, y = np.array([0.05, 0.1, 20.0, 30.0]), np.array([2.5, -1.0, 1.0, 0.0])
+        ...     numpyro.sample("y", dist.Normal(theta, sd).to_event(1), obs=y)
+        >>> (centredness(model)["theta"] > 0.5).tolist()
+        [True, True, False, False]
+    """
+    sites = hierarchical_sites(model, *args, **kwargs)
+    fitted = _gaussian_fit(model, args, kwargs, as_key(key))
+    return _centring_of(fitted, model, sites, args, kwargs)
 
 
 def gaussian_elbo(model, *args, key=None, num_draws: int = ELBO_DRAWS, **kwargs):
@@ -179,26 +281,7 @@ def gaussian_elbo(model, *args, key=None, num_draws: int = ELBO_DRAWS, **kwargs)
         0.0
     """
     key = as_key(key)
-    info = initialize_model(
-        jr.fold_in(key, 0),
-        model,
-        model_args=args,
-        model_kwargs=kwargs,
-        init_strategy=init_to_median,
-        dynamic_args=False,
-    )
-    x0, unravel = ravel_pytree(info.param_info.z)
-
-    def potential(x):
-        return info.potential_fn(unravel(x))
-
-    fit = jax.jit(lambda x, k: gaussian_vi_fit(potential, x, k, **ELBO_FIT))(x0, jr.fold_in(key, 1))
-    eps = jr.normal(jr.fold_in(key, 2), (num_draws, x0.shape[0]), x0.dtype)
-    log_p = -jax.vmap(potential)(fit.loc + eps @ fit.chol.T)
-    log_q = -0.5 * jnp.sum(eps**2, -1) - jnp.sum(jnp.log(jnp.diagonal(fit.chol)))
-    elbo = jnp.mean(log_p - log_q) + 0.5 * x0.shape[0] * jnp.log(2 * jnp.pi)
-    elbo = jnp.where(fit.ok & jnp.isfinite(elbo), elbo, -jnp.inf)
-    return float(elbo), int(fit.n_grad) + num_draws
+    return _elbo(_gaussian_fit(model, args, kwargs, key), key, num_draws)
 
 
 class Parameterisation(NamedTuple):
@@ -206,15 +289,20 @@ class Parameterisation(NamedTuple):
 
     Attributes:
         model: the model to sample (the given one, or it with ``noncentred`` rewritten).
-        noncentred: the sites non-centred (empty: the model as written).
-        elbos: ``{sites non-centred (a tuple): Gaussian ELBO}`` of every candidate tried.
+        noncentred: the sites rewritten (empty: the model as written).
+        elbos: ``{candidate: Gaussian ELBO}`` of every candidate tried; a candidate is the
+            tuple of the sites it non-centres, ``"{site} (partial)"`` for a site centred
+            element by element.
         n_grad: log-density evaluations spent on the choice.
+        centring: ``{site: c}`` for the sites centred partially (:func:`centredness`;
+            empty where every site in ``noncentred`` is fully non-centred).
     """
 
     model: object
     noncentred: tuple
     elbos: dict
     n_grad: int
+    centring: dict = {}
 
 
 def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN, **kwargs):
@@ -222,9 +310,11 @@ def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN,
 
     The candidates are the model as written and its :func:`hierarchical_sites` all
     non-centred, then, with several such sites, each one flipped from the better of the
-    two; each is scored by :func:`gaussian_elbo` on the same base draws, and a candidate
-    replaces the current choice when its ELBO is higher by more than ``margin`` nats. A
-    model without hierarchical sites costs nothing.
+    two, then every site centred element by element (:func:`centredness`, from the fit of
+    the model as written; tried where its elements are neither all centred nor all
+    non-centred). Each is scored by :func:`gaussian_elbo` on the same base draws, and a
+    candidate replaces the current choice when its ELBO is higher by more than ``margin``
+    nats. A model without hierarchical sites costs nothing.
 
     Args:
         model: a NumPyro model with continuous latent sites.
@@ -254,19 +344,32 @@ def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN,
     if not sites:
         return Parameterisation(model, (), {}, 0)
     key = as_key(key)
-    elbos, spent = {}, 0
+    elbos, spent, written = {}, 0, {}
 
-    def score(noncentred):
+    def score(candidate, rewritten):
         nonlocal spent
-        if noncentred not in elbos:
-            elbo, n_grad = gaussian_elbo(noncentre(model, noncentred), *args, key=key, **kwargs)
-            elbos[noncentred], spent = elbo, spent + n_grad
-        return elbos[noncentred]
+        if candidate not in elbos:
+            fitted = _gaussian_fit(rewritten, args, kwargs, key)
+            if not candidate:
+                written["fit"] = fitted
+            elbos[candidate], n_grad = _elbo(fitted, key, ELBO_DRAWS)
+            spent += n_grad
+        return elbos[candidate]
 
-    best = tuple(sites) if score(tuple(sites)) > score(()) + margin else ()
+    def full(noncentred):
+        return score(noncentred, noncentre(model, noncentred))
+
+    best = tuple(sites) if full(tuple(sites)) > full(()) + margin else ()
     if len(sites) > 1:
         for site in sites:
             flipped = tuple(s for s in sites if (s in best) != (s == site))
-            if score(flipped) > score(best) + margin:
+            if full(flipped) > full(best) + margin:
                 best = flipped
+    centring = _centring_of(written["fit"], model, sites, args, kwargs)
+    # Sites all 0 or all 1 make a candidate already scored (or one of the flips).
+    if any(not (np.all(c == 0.0) or np.all(c == 1.0)) for c in centring.values()):
+        candidate = tuple(f"{s} (partial)" for s in sites)
+        if score(candidate, noncentre(model, centring)) > elbos[best] + margin:
+            rewritten = noncentre(model, centring)
+            return Parameterisation(rewritten, tuple(sites), elbos, spent, centring)
     return Parameterisation(noncentre(model, best), best, elbos, spent)

@@ -6,10 +6,12 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from numpyro import handlers
 from numpyro.infer import Predictive
 
 from numpyro_coupling import (
     AutoCouplingFlow,
+    centredness,
     choose_parameterisation,
     hierarchical_sites,
     neutra_mcmc,
@@ -50,7 +52,19 @@ def test_hierarchical_sites_finds_loc_scale_sites_that_depend_on_latents():
     assert hierarchical_sites(eight_schools) == ["theta"]
 
 
-def test_noncentre_keeps_the_prior_and_the_original_site():
+def sparse_regression():
+    # A horseshoe-like sparse regression: two coefficients the data pin down, six they
+    # leave to the prior (the same site, so no site-wide choice suits every element).
+    x = np.random.default_rng(0).normal(size=(40, 8))
+    y = x[:, :2] @ np.array([3.0, -2.0]) + 0.5 * np.random.default_rng(1).normal(size=40)
+    tau = numpyro.sample("tau", dist.HalfCauchy(1.0))
+    lam = numpyro.sample("lam", dist.HalfCauchy(jnp.ones(8)).to_event(1))
+    beta = numpyro.sample("beta", dist.Normal(0.0, tau * lam).to_event(1))
+    numpyro.sample("y", dist.Normal(jnp.asarray(x) @ beta, 0.5), obs=y)
+
+
+@pytest.mark.parametrize("centring", [["t"], {"t": 0.3}, {"t": np.array(0.7)}])
+def test_noncentre_keeps_the_prior_and_the_original_site(centring):
     def model():
         nu = numpyro.sample("nu", dist.Gamma(4.0, 1.0))
         s = numpyro.sample("s", dist.HalfNormal(2.0))
@@ -58,7 +72,7 @@ def test_noncentre_keeps_the_prior_and_the_original_site():
 
     n = 20_000
     centred = Predictive(model, num_samples=n)(jr.key(0))
-    rewritten = Predictive(noncentre(model, ["t"]), num_samples=n)(jr.key(1))
+    rewritten = Predictive(noncentre(model, centring), num_samples=n)(jr.key(1))
     assert "t_decentered" in rewritten and rewritten["t"].shape == (n,)
     for q in (0.1, 0.25, 0.5, 0.75, 0.9):
         a, b = np.quantile(centred["t"], q), np.quantile(rewritten["t"], q)
@@ -79,6 +93,19 @@ def test_choice_follows_the_data_site_by_site():
     assert nothing.model is flat and nothing.noncentred == () and nothing.n_grad == 0
 
 
+def test_choice_centres_a_sparse_regression_element_by_element():
+    c = centredness(sparse_regression)["beta"]
+    assert c.shape == (8,) and np.all((c >= 0) & (c <= 1))
+    assert c[:2].min() > 0.9 and c[2:].max() < c[:2].min()  # the active coefficients
+    choice = choose_parameterisation(sparse_regression)
+    partial = ("beta (partial)",)
+    assert choice.noncentred == ("beta",) and set(choice.centring) == {"beta"}
+    np.testing.assert_array_equal(choice.centring["beta"], c)
+    assert choice.elbos[partial] > max(v for k, v in choice.elbos.items() if k != partial)
+    trace = handlers.trace(handlers.seed(choice.model, 0)).get_trace()
+    assert trace["beta"]["type"] == "deterministic" and "beta_decentered" in trace
+
+
 TINY = {
     "guide": {"n_layers": 1, "nn_width": 4},
     "fit_kwargs": {"steps": 30},
@@ -95,9 +122,18 @@ def test_neutra_mcmc_non_centres_a_vague_hierarchical_model():
     assert idata.posterior["theta"].shape == (2, 20, 8)
     assert "theta_decentered" in idata.posterior
     assert idata.attrs["reparam_grads"] > 0 and "as written" in idata.attrs["reparam_elbos"]
+    assert idata.attrs["centring"] == ""  # every element's centring 0: fully non-centred
     eff = sampling_efficiency(idata)
     spent = idata.attrs["svi_grads"] + idata.attrs["warmup_grads"] + idata.attrs["reparam_grads"]
     assert eff["total_grads"] == spent + eff["n_grads"]
+
+
+def test_neutra_mcmc_centres_a_sparse_regression_partly():
+    _, idata = neutra_mcmc(sparse_regression, key=jr.key(0), **TINY)
+    assert idata.attrs["noncentred_sites"] == ["beta"]
+    assert idata.attrs["centring"].startswith("beta: ")
+    assert "beta (partial)" in idata.attrs["reparam_elbos"]
+    assert idata.posterior["beta"].shape == (2, 20, 8)
 
 
 def test_reparam_errors_name_the_argument():
