@@ -13,12 +13,12 @@ and NUTS handle best.
 
 One site can hold both kinds of element: a sparse regression's few large coefficients are
 pinned down by the data and its many small ones are not. There each element gets its own
-degree of centring, ``c = 1 - v / s^2`` (NumPyro's ``LocScaleReparam(c)``: ``theta =
-mu + tau^(1 - c) (eta - c mu)``, ``eta ~ Normal(c mu, tau^c)``), with ``v`` the element's
-variance under the Gaussian fit of the model as written and ``s`` its prior scale there:
-for a Gaussian prior and likelihood this is the share of the element's precision that
-comes from the data, the centring under which the element and its scale are uncorrelated.
-This partial parameterisation is one more candidate, scored by the same ELBO.
+degree of centring (NumPyro's ``LocScaleReparam(c)``: ``theta = mu + tau^(1 - c) (eta -
+c mu)``, ``eta ~ Normal(c mu, tau^c)``), ``c = 1 - v`` with ``v`` the variance of the
+element's standardised draw under the Gaussian fit of the non-centred model: for a
+Gaussian prior and likelihood this is the share of the element's precision that comes
+from the data, the centring under which the element and its scale are uncorrelated. This
+partial parameterisation is one more candidate, scored by the same ELBO.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ __all__ = [
     "ELBO_FIT",
     "ELBO_MARGIN",
     "LOC_SCALE_FAMILIES",
+    "NEAR_END",
     "Parameterisation",
     "centredness",
     "choose_parameterisation",
@@ -203,29 +204,22 @@ def _elbo(fitted: _Fit, key, num_draws):
     return float(elbo), int(fit.n_grad) + num_draws
 
 
-def _centring_of(fitted: _Fit, model, sites, args, kwargs) -> dict:
-    fit, info, unravel = fitted
-    variance = unravel(jnp.sum(fit.chol**2, -1))
-    at_loc = info.postprocess_fn(unravel(fit.loc))
-    seeded = handlers.seed(handlers.substitute(model, data=at_loc), 0)
-    trace = handlers.trace(seeded).get_trace(*args, **kwargs)
-    out = {}
-    for name in sites:
-        v = np.asarray(variance[name])
-        scale = np.broadcast_to(np.asarray(_family(trace[name]["fn"]).scale), v.shape)
-        out[name] = np.clip(1.0 - v / scale**2, 0.0, 1.0)
-    return out
+def _centring_of(noncentred: _Fit, sites) -> dict:
+    # From the fit with every site non-centred: 1 - Var(eta_j), eta_j's prior being N(0, 1).
+    variance = noncentred.unravel(jnp.sum(noncentred.fit.chol**2, -1))
+    return {s: np.clip(1.0 - np.asarray(variance[f"{s}_decentered"]), 0.0, 1.0) for s in sites}
 
 
 def centredness(model, *args, key=None, **kwargs) -> dict:
-    """Each hierarchical site's per-element degree of centring, from the Gaussian fit.
+    """Each hierarchical site's per-element degree of centring, from a Gaussian fit.
 
-    ``c = clip(1 - v / s^2, 0, 1)`` with ``v`` an element's variance under the
-    variational Gaussian of the model as written (:func:`gaussian_elbo`'s fit) and ``s``
-    the element's prior scale at that Gaussian's mean: near 1 where the data pin the
-    element down (centre it), near 0 where its prior dominates (non-centre it).
-    ``noncentre(model, centredness(model))`` is the partial parameterisation
-    :func:`choose_parameterisation` tries.
+    ``c = clip(1 - v, 0, 1)`` with ``v`` the variance of an element's standardised draw
+    ``eta`` (prior ``N(0, 1)``) under the variational Gaussian of the model with every
+    site non-centred (:func:`gaussian_elbo`'s fit): near 1 where the data pin the element
+    down (centre it), near 0 where its prior dominates (non-centre it). For a Gaussian
+    prior and likelihood, ``1 - v`` is the share of the element's posterior precision that
+    comes from the data. ``noncentre(model, centredness(model))`` is the partial
+    parameterisation :func:`choose_parameterisation` tries.
 
     Args:
         model: a NumPyro model with continuous latent sites.
@@ -248,8 +242,14 @@ def centredness(model, *args, key=None, **kwargs) -> dict:
         [True, True, False, False]
     """
     sites = hierarchical_sites(model, *args, **kwargs)
-    fitted = _gaussian_fit(model, args, kwargs, as_key(key))
-    return _centring_of(fitted, model, sites, args, kwargs)
+    fitted = _gaussian_fit(noncentre(model, sites), args, kwargs, as_key(key))
+    return _centring_of(fitted, sites)
+
+
+#: A site whose elements' centring all lie within this of 0 (or of 1) is taken as fully
+#: non-centred (centred): the partly centred candidate would differ little from a full
+#: one already scored, and its Gaussian fit is not worth its gradients.
+NEAR_END = 0.25
 
 
 def gaussian_elbo(model, *args, key=None, num_draws: int = ELBO_DRAWS, **kwargs):
@@ -311,8 +311,9 @@ def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN,
     The candidates are the model as written and its :func:`hierarchical_sites` all
     non-centred, then, with several such sites, each one flipped from the better of the
     two, then every site centred element by element (:func:`centredness`, from the fit of
-    the model as written; tried where its elements are neither all centred nor all
-    non-centred). Each is scored by :func:`gaussian_elbo` on the same base draws, and a
+    the non-centred model; tried unless every site's elements lie within
+    :data:`NEAR_END` of one end). Each is scored by :func:`gaussian_elbo` on the same base
+    draws, and a
     candidate replaces the current choice when its ELBO is higher by more than ``margin``
     nats. A model without hierarchical sites costs nothing.
 
@@ -344,15 +345,13 @@ def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN,
     if not sites:
         return Parameterisation(model, (), {}, 0)
     key = as_key(key)
-    elbos, spent, written = {}, 0, {}
+    elbos, spent, fits = {}, 0, {}
 
     def score(candidate, rewritten):
         nonlocal spent
         if candidate not in elbos:
-            fitted = _gaussian_fit(rewritten, args, kwargs, key)
-            if not candidate:
-                written["fit"] = fitted
-            elbos[candidate], n_grad = _elbo(fitted, key, ELBO_DRAWS)
+            fits[candidate] = _gaussian_fit(rewritten, args, kwargs, key)
+            elbos[candidate], n_grad = _elbo(fits[candidate], key, ELBO_DRAWS)
             spent += n_grad
         return elbos[candidate]
 
@@ -365,9 +364,8 @@ def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN,
             flipped = tuple(s for s in sites if (s in best) != (s == site))
             if full(flipped) > full(best) + margin:
                 best = flipped
-    centring = _centring_of(written["fit"], model, sites, args, kwargs)
-    # Sites all 0 or all 1 make a candidate already scored (or one of the flips).
-    if any(not (np.all(c == 0.0) or np.all(c == 1.0)) for c in centring.values()):
+    centring = _centring_of(fits[tuple(sites)], sites)
+    if any(not (np.all(c <= NEAR_END) or np.all(c >= 1 - NEAR_END)) for c in centring.values()):
         candidate = tuple(f"{s} (partial)" for s in sites)
         if score(candidate, noncentre(model, centring)) > elbos[best] + margin:
             rewritten = noncentre(model, centring)

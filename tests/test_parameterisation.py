@@ -96,7 +96,7 @@ def test_choice_follows_the_data_site_by_site():
 def test_choice_centres_a_sparse_regression_element_by_element():
     c = centredness(sparse_regression)["beta"]
     assert c.shape == (8,) and np.all((c >= 0) & (c <= 1))
-    assert c[:2].min() > 0.9 and c[2:].max() < c[:2].min()  # the active coefficients
+    assert c[:2].min() > 0.8 and c[2:].max() < c[:2].min()  # the active coefficients
     choice = choose_parameterisation(sparse_regression)
     partial = ("beta (partial)",)
     assert choice.noncentred == ("beta",) and set(choice.centring) == {"beta"}
