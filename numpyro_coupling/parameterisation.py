@@ -364,7 +364,8 @@ def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN,
             flipped = tuple(s for s in sites if (s in best) != (s == site))
             if full(flipped) > full(best) + margin:
                 best = flipped
-    centring = _centring_of(fits[tuple(sites)], sites)
+    noncentred_fit = fits[tuple(sites)]
+    centring = _centring_of(noncentred_fit, sites) if bool(noncentred_fit.fit.ok) else {}
     if any(not (np.all(c <= NEAR_END) or np.all(c >= 1 - NEAR_END)) for c in centring.values()):
         candidate = tuple(f"{s} (partial)" for s in sites)
         if score(candidate, noncentre(model, centring)) > elbos[best] + margin:
