@@ -296,8 +296,9 @@ def neutra_nuts(
     # deterministic sites are the posterior, so the guide maps each draw once more only
     # for the unconstrained coordinates (one compiled transform, not two).
     draws = mcmc.get_samples(group_by_chain=True)
-    z = draws[f"{guide.prefix}_shared_latent"]
-    posterior = {k: v for k, v in draws.items() if k != f"{guide.prefix}_shared_latent"}
+    latent = f"{guide.prefix}_shared_latent"
+    z = draws[latent]
+    posterior = {k: v for k, v in draws.items() if k != latent}
     x = jax.vmap(jax.vmap(neutra.transform))(z)
     unconstrained = jax.vmap(jax.vmap(guide._unpack_latent))(x)
     attrs |= {f"guide_{k}": v for k, v in guide_diag._asdict().items()} | refine_attrs

@@ -345,13 +345,15 @@ def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN,
     if not sites:
         return Parameterisation(model, (), {}, 0)
     key = as_key(key)
-    elbos, spent, fits = {}, 0, {}
+    elbos, spent, noncentred_fit = {}, 0, None
 
     def score(candidate, rewritten):
-        nonlocal spent
+        nonlocal spent, noncentred_fit
         if candidate not in elbos:
-            fits[candidate] = _gaussian_fit(rewritten, args, kwargs, key)
-            elbos[candidate], n_grad = _elbo(fits[candidate], key, ELBO_DRAWS)
+            fitted = _gaussian_fit(rewritten, args, kwargs, key)
+            if candidate == tuple(sites):  # the fit the per-element centring is read from
+                noncentred_fit = fitted
+            elbos[candidate], n_grad = _elbo(fitted, key, ELBO_DRAWS)
             spent += n_grad
         return elbos[candidate]
 
@@ -364,11 +366,10 @@ def choose_parameterisation(model, *args, key=None, margin: float = ELBO_MARGIN,
             flipped = tuple(s for s in sites if (s in best) != (s == site))
             if full(flipped) > full(best) + margin:
                 best = flipped
-    noncentred_fit = fits[tuple(sites)]
     centring = _centring_of(noncentred_fit, sites) if bool(noncentred_fit.fit.ok) else {}
     if any(not (np.all(c <= NEAR_END) or np.all(c >= 1 - NEAR_END)) for c in centring.values()):
         candidate = tuple(f"{s} (partial)" for s in sites)
-        if score(candidate, noncentre(model, centring)) > elbos[best] + margin:
-            rewritten = noncentre(model, centring)
-            return Parameterisation(rewritten, tuple(sites), elbos, spent, centring)
+        partly = noncentre(model, centring)
+        if score(candidate, partly) > elbos[best] + margin:
+            return Parameterisation(partly, tuple(sites), elbos, spent, centring)
     return Parameterisation(noncentre(model, best), best, elbos, spent)
