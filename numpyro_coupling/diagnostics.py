@@ -12,7 +12,7 @@ the tail (Pareto smoothed importance sampling) flags it: ``k < 0.5`` good,
 ``0.5 <= k < 0.7`` usable, ``k >= 0.7`` not to be trusted. A guide far too wide has light
 weight tails but a tiny importance-sampling ESS, so both are read.
 
-**The chains.** Divergences, tree-depth saturation, bulk ESS and R-hat.
+**The chains.** Divergences, tree-depth saturation, bulk and tail ESS, and R-hat.
 """
 
 from __future__ import annotations
@@ -227,6 +227,10 @@ class ChainDiagnostics(NamedTuple):
         depth_saturation: fraction of transitions that hit the maximum tree depth.
         min_ess: the smallest bulk ESS over every unconstrained latent coordinate.
         max_rhat: the largest rank-normalised split R-hat (``nan`` with one chain).
+        min_tail_ess: the smallest tail ESS (of the 5% and 95% quantiles) over the same
+            coordinates: the draws' worth for intervals and tails, which a chain that
+            rarely visits a tail (a funnel's neck, say) leaves low while its bulk ESS
+            looks fine.
     """
 
     num_chains: int
@@ -235,6 +239,7 @@ class ChainDiagnostics(NamedTuple):
     depth_saturation: float
     min_ess: float
     max_rhat: float
+    min_tail_ess: float = float("nan")
 
 
 def chain_diagnostics(idata, max_tree_depth: int = 10) -> ChainDiagnostics:
@@ -268,6 +273,8 @@ def chain_diagnostics(idata, max_tree_depth: int = 10) -> ChainDiagnostics:
     posterior = idata.unconstrained_posterior
     ess = az.ess(posterior)
     min_ess = min(float(np.min(ess[k].values)) for k in ess.data_vars)
+    tail_ess = az.ess(posterior, method="tail")
+    min_tail_ess = min(float(np.min(tail_ess[k].values)) for k in tail_ess.data_vars)
     max_rhat = float("nan")
     if num_chains > 1:
         rhat = az.rhat(posterior)
@@ -279,6 +286,7 @@ def chain_diagnostics(idata, max_tree_depth: int = 10) -> ChainDiagnostics:
         depth_saturation=float(saturated.mean()),
         min_ess=min_ess,
         max_rhat=max_rhat,
+        min_tail_ess=min_tail_ess,
     )
 
 
@@ -333,6 +341,13 @@ def warn_about_chains(diag: ChainDiagnostics, *, neutra: bool) -> list[str]:
         messages.append(
             f"The smallest bulk ESS is {diag.min_ess:.0f} (< 100): too few effective draws "
             "for reliable means and quantiles; run longer."
+        )
+    elif diag.min_tail_ess < 100:
+        messages.append(
+            f"The smallest tail ESS is {diag.min_tail_ess:.0f} (< 100): the chains rarely "
+            "visit a tail of the posterior, so its quantiles and intervals are unreliable; "
+            "run longer"
+            + (", or refine the guide there (refine=True)." if neutra else ".")
         )
     for message in messages:
         warnings.warn(message, DiagnosticWarning, stacklevel=3)

@@ -548,7 +548,8 @@ def sampling_efficiency(idata) -> dict:
         dict with ``min_ess`` (bulk ESS, minimum over every unconstrained latent
         coordinate), ``n_grads`` (leapfrog steps after warm-up), ``ess_per_grad``,
         ``total_grads`` (parameterisation, SVI, warm-up and sampling), ``ess_per_total_grad``,
-        ``max_rhat`` (the largest split R-hat; ``nan`` with one chain), ``divergences``,
+        ``max_rhat`` (the largest split R-hat; ``nan`` with one chain), ``min_tail_ess``
+        (tail ESS, minimum over the same coordinates), ``divergences``,
         ``depth_saturation``, ``seconds`` (MCMC wall time, warm-up included),
         ``ess_per_second`` and ``k_hat`` (the guide's Pareto k-hat; ``nan``
         without a guide).
@@ -571,6 +572,7 @@ def sampling_efficiency(idata) -> dict:
         "total_grads": total,
         "ess_per_total_grad": diag.min_ess / max(total, 1),
         "max_rhat": diag.max_rhat,
+        "min_tail_ess": diag.min_tail_ess,
         "divergences": diag.divergences,
         "depth_saturation": diag.depth_saturation,
         "seconds": seconds,

@@ -1,6 +1,7 @@
 """AutoCouplingFlow as an SVI guide and a NeuTra reparameteriser; the demo's quick mode."""
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -389,6 +390,29 @@ def test_tempered_phases_share_one_compiled_step(monkeypatch):
             plateau=None,
         )
         assert traces[-1] == 1
+
+
+def test_fit_guide_runs_the_flow_only_in_its_compiled_steps(caplog):
+    # SVI.init runs the guide once, eagerly, to trace its parameters: a draw through the
+    # flow there would compile the flow's whole sampling pass for that one call.
+    def compiled():
+        messages = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        return [m for m in messages if "Finished XLA compilation" in m]
+
+    guide = {"n_layers": 1, "nn_width": 5}  # a flow no other test compiles
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        for temper in (None, (0.5,)):
+            fit, params, _ = fit_guide(
+                two_modes, guide=guide, steps=4, temper=temper, progress_bar=False, plateau=None
+            )
+        programs = compiled()
+        # What SVI.init did before: the guide called eagerly compiles the flow's pass.
+        handlers.substitute(handlers.seed(fit, 0), params)()
+        eager = compiled()
+    assert any("run_chunk" in m for m in programs)
+    assert not any("transform_and_log_det" in m for m in programs)
+    assert any("transform_and_log_det" in m for m in eager)
 
 
 def test_get_transform_is_one_pass_with_memo():

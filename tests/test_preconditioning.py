@@ -180,3 +180,27 @@ def test_chain_warnings_name_the_remedy():
         warn_about_chains(ChainDiagnostics(1, 1000, 0, 0.0, 500.0, float("nan")), neutra=False)
         == []
     )
+    # A chain whose bulk is well sampled but whose tails are not.
+    tails = ChainDiagnostics(4, 1000, 0, 0.0, 900.0, 1.001, min_tail_ess=40.0)
+    with pytest.warns(DiagnosticWarning, match="tail ESS is 40"):
+        (message,) = warn_about_chains(tails, neutra=True)
+    assert "refine=True" in message
+
+
+def test_tail_ess_sees_a_chain_that_rarely_visits_a_tail():
+    # Independent draws, except that the upper 10% of the distribution is reached in long,
+    # rare excursions: the bulk ESS stays high, the tail ESS does not.
+    from numpyro_coupling.diagnostics import chain_diagnostics
+
+    az = pytest.importorskip("arviz")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 4000))
+    x = np.where(x > 1.28, -np.abs(x), x)  # no draw in the upper tail ...
+    x[:, 2000:2200] = 1.28 + np.abs(rng.normal(size=(4, 200)))  # ... but in one excursion
+    idata = az.from_dict(
+        posterior={"x": x},
+        sample_stats={"diverging": np.zeros((4, 4000), bool), "n_steps": np.ones((4, 4000))},
+    )
+    idata.add_groups({"unconstrained_posterior": {"x": x}})
+    diag = chain_diagnostics(idata)
+    assert diag.min_ess > 300 and diag.min_tail_ess < 100
