@@ -346,8 +346,7 @@ def warn_about_chains(diag: ChainDiagnostics, *, neutra: bool) -> list[str]:
         messages.append(
             f"The smallest tail ESS is {diag.min_tail_ess:.0f} (< 100): the chains rarely "
             "visit a tail of the posterior, so its quantiles and intervals are unreliable; "
-            "run longer"
-            + (", or refine the guide there (refine=True)." if neutra else ".")
+            "run longer" + (", or refine the guide there (refine=True)." if neutra else ".")
         )
     for message in messages:
         warnings.warn(message, DiagnosticWarning, stacklevel=3)
