@@ -456,9 +456,9 @@ def _init_without_draw(svi, guide, key, args, kwargs, init_params):
     """``svi.init``, with the guide's latent set to its initial point instead of drawn.
 
     ``SVI.init`` runs the guide once, eagerly, only to trace its parameter sites; a flow
-    guide's draw there compiles its whole sampling pass for that one call (12 s for a
-    mixture guide on the 10-D funnel, more than half its SVI step's compilation). The
-    sites, their initial values and the model's replay at a valid point are the same.
+    guide's draw there compiles its whole sampling pass for that one call (10-13 s for a
+    mixture guide on the 10-D funnel, a third of its SVI step's compilation). The sites,
+    their initial values and the model's replay at a valid point are the same.
     """
     latent = f"_{guide.prefix}_latent"
 

@@ -401,10 +401,10 @@ def _root(transformer, y, params):
         slope = pdf / cdf
         return jnp.log(cdf) - target, slope, dpdf / cdf - slope * slope
 
-    def solve(residual_and_slope):
+    def solve(residual_and_derivatives):
         def body(state):
             x, lo, hi, step, last_step, done, i = state
-            g, slope, curvature = residual_and_slope(x)
+            g, slope, curvature = residual_and_derivatives(x)
             lo, hi = jnp.where(g < 0, x, lo), jnp.where(g > 0, x, hi)
             # Halley's correction of the Newton step (cubic convergence); plain Newton
             # where the correction is large (far from the root) or unknown.
