@@ -47,6 +47,7 @@ from .linear import (
 )
 from .masks import alternating_mask, bit_masks, checkerboard_mask, half_mask
 from .neutra import (
+    DIVERGENCE_RETRY,
     GUIDE_DRAWS,
     NEUTRA_PARTICLES,
     NUM_CHAINS,
@@ -90,6 +91,7 @@ from .transformers import (
 
 __all__ = [
     "COUPLINGS",
+    "DIVERGENCE_RETRY",
     "GLOBAL_MOVE_FIELDS",
     "GUIDE_DRAWS",
     "MLP",

@@ -34,6 +34,7 @@ from .step_count import StepCount
 from .svi import fit_guide
 
 __all__ = [
+    "DIVERGENCE_RETRY",
     "GUIDE_DRAWS",
     "NEUTRA_PARTICLES",
     "NUM_CHAINS",
@@ -58,6 +59,13 @@ NUM_CHAINS = 4
 #: of the exact one, for 9-17% less ESS per gradient where one draw was enough
 #: (benchmarks/results/posteriors.md).
 NEUTRA_PARTICLES = 4
+
+
+#: NUTS's target acceptance for a second run when the first run's chains diverged. On the
+#: banana, latent GP and horseshoe posteriors, 0.9 took the divergences from 44, 24 and 22
+#: (three keys) to 12, 1 and 2, each at about twice the gradients; posteriors that do not
+#: diverge never pay for it (benchmarks/results/posteriors.md).
+DIVERGENCE_RETRY = 0.9
 
 
 def _warm_up(mcmc, key, args, model_kwargs) -> int:
@@ -214,12 +222,19 @@ def neutra_nuts(
     progress_bar: bool = True,
     losses=None,
     refine: bool | dict = False,
+    retry: float | None = DIVERGENCE_RETRY,
     nuts_kwargs: dict | None = None,
     mcmc_kwargs: dict | None = None,
     global_moves=None,
     **model_kwargs,
 ):
     """NUTS on the geometry warped by a fitted guide (NumPyro's ``NeuTraReparam``).
+
+    Where the guide's tails and the posterior's part, the warped geometry curves more
+    than the adapted step can follow and transitions diverge. If any did, NUTS runs
+    again, from a fresh warm-up, with the smaller step of target acceptance ``retry``;
+    the second run is the result, and every gradient of the first counts as warm-up
+    (``attrs["retry_divergences"]`` holds the first run's divergences).
 
     With ``refine``, the first half of the warm-up is a pilot NeuTra run whose draws refit
     the guide by score matching (:func:`~numpyro_coupling.refine_guide`), and NUTS then
@@ -241,6 +256,9 @@ def neutra_nuts(
         refine: refine the guide on a pilot warm-up: ``True``, or a dict of
             :func:`~numpyro_coupling.refine_guide` options (``steps``,
             ``learning_rate``, ``batch_size``); ``False``: no refinement.
+        retry: NUTS's target acceptance for a second run if the first one diverged
+            (:data:`DIVERGENCE_RETRY`); ``None``: no second run. No retry either where
+            ``nuts_kwargs`` already asks for as much.
         nuts_kwargs: extra ``NUTS`` arguments.
         mcmc_kwargs: extra ``MCMC`` arguments (e.g. ``chain_method``).
         global_moves: independence moves proposed from the guide between NUTS steps
@@ -279,19 +297,33 @@ def neutra_nuts(
     guide_diag = guide_diagnostics(guide, params, diag_key, GUIDE_DRAWS)
     guide_warnings = warn_about_guide(guide_diag, GUIDE_DRAWS)
     neutra = NeuTraReparam(guide, params)
-    mcmc, attrs = _run_nuts(
-        neutra.reparam(model),
-        args,
-        model_kwargs,
-        key=key,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        progress_bar=progress_bar,
-        nuts_kwargs=nuts_kwargs,
-        mcmc_kwargs=mcmc_kwargs,
-        global_moves=global_moves,
-    )
+
+    def run(key, nuts_kwargs):
+        return _run_nuts(
+            neutra.reparam(model),
+            args,
+            model_kwargs,
+            key=key,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            progress_bar=progress_bar,
+            nuts_kwargs=nuts_kwargs,
+            mcmc_kwargs=mcmc_kwargs,
+            global_moves=global_moves,
+        )
+
+    mcmc, attrs = run(key, nuts_kwargs)
+    extra = mcmc.get_extra_fields()
+    diverged = int(np.asarray(extra["diverging"]).sum())
+    target = (nuts_kwargs or {}).get("target_accept_prob", 0.8)
+    if diverged and retry is not None and retry > target:
+        spent = attrs["warmup_grads"] + int(np.asarray(extra["num_steps"]).sum())
+        seconds = attrs["mcmc_seconds"]
+        mcmc, attrs = run(jr.fold_in(key, 1), dict(nuts_kwargs or {}, target_accept_prob=retry))
+        attrs["warmup_grads"] += spent
+        attrs["mcmc_seconds"] += seconds
+        attrs["retry_divergences"] = diverged
     # NumPyro's collection loop already replayed the model on every draw: its latent and
     # deterministic sites are the posterior, so the guide maps each draw once more only
     # for the unconstrained coordinates (one compiled transform, not two).
@@ -365,6 +397,7 @@ def neutra_mcmc(
     key=None,
     progress_bar: bool = True,
     refine: bool | dict = False,
+    retry: float | None = DIVERGENCE_RETRY,
     nuts_kwargs: dict | None = None,
     mcmc_kwargs: dict | None = None,
     global_moves=None,
@@ -402,6 +435,8 @@ def neutra_mcmc(
         refine: refine the guide by score matching on a pilot NeuTra warm-up (the first
             half of ``num_warmup``): ``True`` or :func:`~numpyro_coupling.refine_guide`
             options; see :func:`neutra_nuts`.
+        retry: NUTS's target acceptance for a second run if the first one diverged
+            (:data:`DIVERGENCE_RETRY`; ``None``: none); see :func:`neutra_nuts`.
         nuts_kwargs: extra ``NUTS`` arguments, e.g. ``{"target_accept_prob": 0.95}``.
         mcmc_kwargs: extra ``MCMC`` arguments (e.g. ``chain_method``).
         global_moves: independence moves from the guide between NUTS steps, for
@@ -460,6 +495,7 @@ def neutra_mcmc(
         progress_bar=progress_bar,
         losses=losses,
         refine=refine,
+        retry=retry,
         nuts_kwargs=nuts_kwargs,
         mcmc_kwargs=mcmc_kwargs,
         global_moves=global_moves,

@@ -553,6 +553,41 @@ def test_neutra_mcmc_passes_nuts_kwargs():
     assert accept({"target_accept_prob": 0.99}) > accept({"target_accept_prob": 0.6}) + 0.1
 
 
+def test_neutra_retries_with_a_smaller_step_when_its_chains_diverge():
+    # A guide fitted for a few steps leaves the funnel's neck curved: NUTS diverges there.
+    guide, params, _ = fit_guide(
+        funnel, 3, guide={"n_layers": 1, "nn_width": 4}, steps=5, progress_bar=False
+    )
+
+    def run(**kw):
+        _, idata = neutra_nuts(
+            funnel,
+            guide,
+            params,
+            3,
+            num_warmup=150,
+            num_samples=150,
+            num_chains=1,
+            progress_bar=False,
+            key=jr.key(1),
+            **kw,
+        )
+        return idata
+
+    once = run(retry=None)
+    diverged = int(once.sample_stats["diverging"].values.sum())
+    assert diverged > 0 and "retry_divergences" not in once.attrs
+    retried = run()
+    # The same first run, then a second one whose gradients all count.
+    assert retried.attrs["retry_divergences"] == diverged
+    first = once.attrs["warmup_grads"] + int(once.sample_stats["n_steps"].values.sum())
+    assert retried.attrs["warmup_grads"] > first
+    assert retried.attrs["mcmc_seconds"] > once.attrs["mcmc_seconds"]
+    # No second run where the first one asked for as small a step already.
+    strict = run(nuts_kwargs={"target_accept_prob": 0.9})
+    assert "retry_divergences" not in strict.attrs
+
+
 def test_demo_quick(tmp_path):
     from numpyro_coupling.demo import add_budget_arguments, budgets, main
 
