@@ -232,9 +232,10 @@ def neutra_nuts(
 
     Where the guide's tails and the posterior's part, the warped geometry curves more
     than the adapted step can follow and transitions diverge. If any did, NUTS runs
-    again, from a fresh warm-up, with the smaller step of target acceptance ``retry``;
-    the second run is the result, and every gradient of the first counts as warm-up
-    (``attrs["retry_divergences"]`` holds the first run's divergences).
+    again, from a fresh warm-up, with the smaller step of target acceptance ``retry``.
+    The run that diverged less (the second on a tie) is the result, and every gradient
+    of the other counts as warm-up: ``attrs["retry_kept"]`` says which was kept and
+    ``attrs["retry_divergences"]`` holds the second run's divergences.
 
     With ``refine``, the first half of the warm-up is a pilot NeuTra run whose draws refit
     the guide by score matching (:func:`~numpyro_coupling.refine_guide`), and NUTS then
@@ -313,17 +314,28 @@ def neutra_nuts(
             global_moves=global_moves,
         )
 
+    def spent(mcmc, attrs):
+        extra = mcmc.get_extra_fields()
+        grads = attrs["warmup_grads"] + int(np.asarray(extra["num_steps"]).sum())
+        return int(np.asarray(extra["diverging"]).sum()), grads
+
     mcmc, attrs = run(key, nuts_kwargs)
-    extra = mcmc.get_extra_fields()
-    diverged = int(np.asarray(extra["diverging"]).sum())
+    diverged, grads = spent(mcmc, attrs)
     target = (nuts_kwargs or {}).get("target_accept_prob", 0.8)
     if diverged and retry is not None and retry > target:
-        spent = attrs["warmup_grads"] + int(np.asarray(extra["num_steps"]).sum())
-        seconds = attrs["mcmc_seconds"]
-        mcmc, attrs = run(jr.fold_in(key, 1), dict(nuts_kwargs or {}, target_accept_prob=retry))
-        attrs["warmup_grads"] += spent
-        attrs["mcmc_seconds"] += seconds
-        attrs["retry_divergences"] = diverged
+        second = run(jr.fold_in(key, 1), dict(nuts_kwargs or {}, target_accept_prob=retry))
+        diverged_again, grads_again = spent(*second)
+        # Both runs are valid chains; the one that diverged less is kept, and every
+        # gradient of the other counts as warm-up.
+        kept = "second" if diverged_again <= diverged else "first"
+        other_grads, other_seconds = grads, attrs["mcmc_seconds"]
+        if kept == "first":
+            other_grads, other_seconds = grads_again, second[1]["mcmc_seconds"]
+        else:
+            mcmc, attrs = second
+        attrs["warmup_grads"] += other_grads
+        attrs["mcmc_seconds"] += other_seconds
+        attrs |= {"retry_divergences": diverged_again, "retry_kept": kept}
     # NumPyro's collection loop already replayed the model on every draw: its latent and
     # deterministic sites are the posterior, so the guide maps each draw once more only
     # for the unconstrained coordinates (one compiled transform, not two).
