@@ -62,9 +62,9 @@ NEUTRA_PARTICLES = 4
 
 
 #: NUTS's target acceptance for a second run when the first run's chains diverged. On the
-#: banana, latent GP and horseshoe posteriors, 0.9 took the divergences from 44, 24 and 22
-#: (three keys) to 12, 1 and 2, each at about twice the gradients; posteriors that do not
-#: diverge never pay for it (benchmarks/results/posteriors.md).
+#: banana, latent GP and horseshoe posteriors (keys 0-2, the less divergent run kept) it
+#: took the divergences from 44, 24 and 22 to 11, 1 and 8, for about twice the gradients;
+#: posteriors that do not diverge never pay for it (benchmarks/results/posteriors.md).
 DIVERGENCE_RETRY = 0.9
 
 
