@@ -99,8 +99,14 @@ METHODS = {
     "ours-warm": ("AutoCouplingFlow mixture, RBIG warm start", _warm()),
     # Last, so that the keys of the rows above stay where they were.
     "ours": ("AutoCouplingFlow (defaults: Gaussian start)", _ours()),
+    "ours-unbounded": ("AutoCouplingFlow (defaults, input_bound=None)", _ours(input_bound=None)),
+    "ours-bound10": ("AutoCouplingFlow (defaults, input_bound=10)", _ours(input_bound=10.0)),
 }
-DEFAULT_METHODS = list(METHODS)
+
+#: Methods that differ from another by one guide option share its rows' key (the same
+#: SVI draws and NUTS key), so their rows differ by that option alone.
+SHARED_KEYS = {"ours-unbounded": "ours", "ours-bound10": "ours"}
+DEFAULT_METHODS = [m for m in METHODS if m not in SHARED_KEYS]
 
 
 def _n_params(params) -> int:
@@ -128,7 +134,7 @@ def target_key(seed: int, target: str):
 def method_key(target_key, method: str):
     """The key of one row, fixed by the method's place in ``METHODS``: a row comes out the
     same whichever other targets and methods the command runs, and in whatever order."""
-    return jr.fold_in(target_key, list(METHODS).index(method))
+    return jr.fold_in(target_key, list(METHODS).index(SHARED_KEYS.get(method, method)))
 
 
 def run_method(target, method, args, pilot, key):

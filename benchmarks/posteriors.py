@@ -77,6 +77,8 @@ METHODS = {
         "AutoCouplingFlow, 1 draw per SVI step, refined in warm-up",
         lambda model: None,
     ),
+    "ours-unbounded": ("AutoCouplingFlow, input_bound=None", lambda model: {"input_bound": None}),
+    "ours-bound10": ("AutoCouplingFlow, input_bound=10", lambda model: {"input_bound": 10.0}),
 }
 
 #: ``neutra_mcmc`` options of a method, and the method whose key it shares (the same SVI
@@ -86,6 +88,9 @@ NEUTRA_OPTIONS = {
     # The default before NEUTRA_PARTICLES: one guide draw per SVI step.
     "ours-particles1": ({"fit_kwargs": {"num_particles": 1}}, "ours"),
     "ours-particles1-refine": ({"refine": True, "fit_kwargs": {"num_particles": 1}}, "ours"),
+    # The guide's conditioners without, or with a wider, input bound.
+    "ours-unbounded": ({}, "ours"),
+    "ours-bound10": ({}, "ours"),
 }
 
 

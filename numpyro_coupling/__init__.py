@@ -66,7 +66,7 @@ from .parameterisation import (
 from .preconditioning import gaussian_fit
 from .rbig import RBIGFlow, RBIGLayers, fit_rbig
 from .rbig_coupling import fit_rbig_coupling
-from .refinement import guide_scores, refine_guide, score_matching_loss
+from .refinement import guide_scores, refine_guide, refit_tails, score_matching_loss, tail_draws
 from .sites import unconstrained_draws
 from .svi import (
     GuideFitState,
@@ -174,10 +174,12 @@ __all__ = [
     "partition_flow",
     "plateau_reached",
     "refine_guide",
+    "refit_tails",
     "sampling_efficiency",
     "save",
     "score_matching_loss",
     "standard_normal",
+    "tail_draws",
     "temper_likelihood",
     "total_correlation",
     "unconstrained_draws",

@@ -17,6 +17,7 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.reparam import NeuTraReparam
 
+from .bijection import Bijection
 from .checks import as_key
 from .diagnostics import (
     ChainDiagnostics,
@@ -28,7 +29,7 @@ from .diagnostics import (
 )
 from .global_moves import GLOBAL_MOVE_FIELDS, GlobalMoves, global_move_summary, with_global_moves
 from .parameterisation import choose_parameterisation, hierarchical_sites, noncentre
-from .refinement import guide_scores, refine_guide
+from .refinement import guide_scores, refine_guide, refit_tails
 from .sites import latent_shapes, prototype_trace, unconstrained_draws
 from .step_count import StepCount
 from .svi import fit_guide
@@ -61,10 +62,11 @@ NUM_CHAINS = 4
 NEUTRA_PARTICLES = 4
 
 
-#: NUTS's target acceptance for a second run when the first run's chains diverged. On the
-#: banana, latent GP and horseshoe posteriors (keys 0-2, the less divergent run kept) it
-#: took the divergences from 44, 24 and 22 to 11, 1 and 8, for about twice the gradients;
-#: posteriors that do not diverge never pay for it (benchmarks/results/posteriors.md).
+#: NUTS's target acceptance for a second run, on a guide refitted in its tails, when the
+#: first run's chains diverged. On the banana, latent GP and horseshoe posteriors (keys 0-2,
+#: the less divergent run kept) it took the divergences from 44, 24 and 22 to 0, 0 and 1
+#: (11, 1 and 8 without the refit), for about twice the gradients; posteriors that do not
+#: diverge never pay for it (benchmarks/results/posteriors.md).
 DIVERGENCE_RETRY = 0.9
 
 
@@ -231,11 +233,16 @@ def neutra_nuts(
     """NUTS on the geometry warped by a fitted guide (NumPyro's ``NeuTraReparam``).
 
     Where the guide's tails and the posterior's part, the warped geometry curves more
-    than the adapted step can follow and transitions diverge. If any did, NUTS runs
-    again, from a fresh warm-up, with the smaller step of target acceptance ``retry``.
-    The run that diverged less (the second on a tie) is the result, and every gradient
-    of the other counts as warm-up: ``attrs["retry_kept"]`` says which was kept and
-    ``attrs["retry_divergences"]`` holds the second run's divergences.
+    than the adapted step can follow and transitions diverge. If any did, the guide is
+    first refitted by score matching on 2000 of its own draws, half of them from a
+    widened base (:func:`~numpyro_coupling.refit_tails`: the tails a reverse-KL fit rarely
+    sees), and NUTS runs again on it, from a fresh warm-up, with the smaller step of
+    target acceptance ``retry``. The run that diverged less (the second on a tie) is the
+    result, with the parameters it ran on, and every gradient of the other and of the
+    refit counts as warm-up: ``attrs["retry_kept"]`` says which was kept,
+    ``attrs["retry_divergences"]`` holds the second run's divergences and
+    ``attrs["retry_refit_grads"]`` the refit's model gradients (none for a guide whose
+    map is not a :class:`~numpyro_coupling.Bijection`, which is not refitted).
 
     With ``refine``, the first half of the warm-up is a pilot NeuTra run whose draws refit
     the guide by score matching (:func:`~numpyro_coupling.refine_guide`), and NUTS then
@@ -270,10 +277,11 @@ def neutra_nuts(
 
     Returns:
         ``(mcmc, idata)``; ``mcmc.guide_params`` holds the parameters NUTS ran on (the
-        refined ones with ``refine``); ``mcmc.get_samples()`` holds the warped draws
-        (``{prefix}_shared_latent``); ``idata.posterior`` holds every latent site in the
-        model's constrained space, ``idata.unconstrained_posterior`` the same draws
-        unconstrained, ``idata.sample_stats`` ``diverging``/``n_steps``/... and
+        refined ones with ``refine``, the refitted ones where the second run was kept);
+        ``mcmc.get_samples()`` holds the warped draws (``{prefix}_shared_latent``);
+        ``idata.posterior`` holds every latent site in the model's constrained space,
+        ``idata.unconstrained_posterior`` the same draws unconstrained,
+        ``idata.sample_stats`` ``diverging``/``n_steps``/... and
         ``idata.attrs["mcmc_seconds"]`` the wall time.
     """
     key, diag_key = jr.split(as_key(key))
@@ -299,7 +307,7 @@ def neutra_nuts(
     guide_warnings = warn_about_guide(guide_diag, GUIDE_DRAWS)
     neutra = NeuTraReparam(guide, params)
 
-    def run(key, nuts_kwargs):
+    def run(key, nuts_kwargs, neutra):
         return _run_nuts(
             neutra.reparam(model),
             args,
@@ -319,23 +327,39 @@ def neutra_nuts(
         grads = attrs["warmup_grads"] + int(np.asarray(extra["num_steps"]).sum())
         return int(np.asarray(extra["diverging"]).sum()), grads
 
-    mcmc, attrs = run(key, nuts_kwargs)
+    mcmc, attrs = run(key, nuts_kwargs, neutra)
     diverged, grads = spent(mcmc, attrs)
     target = (nuts_kwargs or {}).get("target_accept_prob", 0.8)
     if diverged and retry is not None and retry > target:
-        second = run(jr.fold_in(key, 1), dict(nuts_kwargs or {}, target_accept_prob=retry))
+        # Divergences come from where the warped space still curves: mostly the tails,
+        # which the reverse-KL fit rarely saw. Refit them first, where the guide can be.
+        retry_params, retry_attrs = params, {"retry_refit_grads": 0}
+        if isinstance(guide.get_transform(params), Bijection):
+            retry_params, refit_losses, refit_grads = refit_tails(
+                guide, params, jr.fold_in(refine_key, 2)
+            )
+            retry_attrs = {
+                "retry_refit_grads": refit_grads,
+                "retry_refit_loss_first": float(np.mean(refit_losses[:50])),
+                "retry_refit_loss_last": float(np.mean(refit_losses[-50:])),
+            }
+        retry_neutra = NeuTraReparam(guide, retry_params)
+        second = run(
+            jr.fold_in(key, 1), dict(nuts_kwargs or {}, target_accept_prob=retry), retry_neutra
+        )
         diverged_again, grads_again = spent(*second)
         # Both runs are valid chains; the one that diverged less is kept, and every
-        # gradient of the other counts as warm-up.
+        # gradient of the other (and of the refit) counts as warm-up.
         kept = "second" if diverged_again <= diverged else "first"
         other_grads, other_seconds = grads, attrs["mcmc_seconds"]
         if kept == "first":
             other_grads, other_seconds = grads_again, second[1]["mcmc_seconds"]
         else:
             mcmc, attrs = second
-        attrs["warmup_grads"] += other_grads
+            params, neutra = retry_params, retry_neutra
+        attrs["warmup_grads"] += other_grads + retry_attrs["retry_refit_grads"]
         attrs["mcmc_seconds"] += other_seconds
-        attrs |= {"retry_divergences": diverged_again, "retry_kept": kept}
+        attrs |= retry_attrs | {"retry_divergences": diverged_again, "retry_kept": kept}
     # NumPyro's collection loop already replayed the model on every draw: its latent and
     # deterministic sites are the posterior, so the guide maps each draw once more only
     # for the unconstrained coordinates (one compiled transform, not two).

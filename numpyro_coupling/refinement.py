@@ -12,6 +12,10 @@ and a perfect guide makes it ``-z`` (a standard normal's). The loss is the mean 
 gradient of the model while it trains (the scores are fixed), it uses where the chain went
 and how the posterior tilts there, and, unlike maximum likelihood on a few hundred
 correlated draws, it does not shrink the guide onto them.
+
+The same loss refits a guide on its own draws (:func:`refit_tails`): half of them from a
+widened base, so it straightens the tails that the reverse-KL fit rarely sampled, where
+NUTS on the warped space diverges.
 """
 
 from __future__ import annotations
@@ -27,7 +31,17 @@ from numpyro.distributions import biject_to
 from .checks import as_key
 from .loop import all_finite, chunk_runner, run_chunks, start_carry
 
-__all__ = ["guide_scores", "refine_guide", "score_matching_loss"]
+__all__ = [
+    "TAIL_WIDEN",
+    "guide_scores",
+    "refine_guide",
+    "refit_tails",
+    "score_matching_loss",
+    "tail_draws",
+]
+
+#: :func:`tail_draws` pushes half of its base draws from ``N(0, TAIL_WIDEN^2 I)``.
+TAIL_WIDEN = 1.5
 
 
 def guide_scores(guide, draws):
@@ -187,3 +201,81 @@ def refine_guide(
     free = carry.state[0]
     refined = {k: to_params[k](v) if k in to_params else v for k, v in free.items()}
     return refined, losses
+
+
+def tail_draws(transform, key, n: int, widen: float = TAIL_WIDEN):
+    """Latents through a guide's map from a base widened for half of them.
+
+    A reverse-KL fit sees its base's tails rarely (``|z| > 3.5`` in one coordinate: 5 of
+    10,000 draws), so the flow is barely trained where a NUTS trajectory on the warped
+    space sometimes goes. Half of these draws come from ``N(0, I)`` and half from
+    ``N(0, widen^2 I)``, so the tails are covered as often as the bulk.
+
+    Args:
+        transform: the guide's map ``x = T(z)`` (a :class:`~numpyro_coupling.Bijection`).
+        key: PRNG key.
+        n: number of draws (``>= 2``).
+        widen: the scale of the second half's base (``>= 1``).
+
+    Returns:
+        ``(n, d)`` latents ``x = T(z)``.
+
+    Example:
+        >>> import jax.numpy as jnp, jax.random as jr
+        >>> from numpyro_coupling import Invert
+        >>> from numpyro_coupling.linear import DenseAffine
+        >>> t = Invert(DenseAffine(jnp.zeros(2), jnp.eye(2)))
+        >>> tail_draws(t, jr.key(0), 4).shape
+        (4, 2)
+    """
+    if not (isinstance(n, (int, np.integer)) and n >= 2):
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if not widen >= 1:
+        raise ValueError(f"widen must be >= 1, got {widen!r}")
+    (d,) = transform.shape
+    z = jr.normal(key, (n, d))
+    z = z.at[n // 2 :].multiply(widen)
+    return jax.vmap(lambda u: transform.transform_and_log_det(u)[0])(z)
+
+
+def refit_tails(guide, params, key=None, *, n: int = 2000, widen: float = TAIL_WIDEN, **options):
+    """Refit a guide by score matching on :func:`tail_draws` of itself.
+
+    The draws are the guide's own, half from a widened base; their scores cost one model
+    gradient each. Score matching (:func:`refine_guide`) then straightens the warped
+    posterior where the reverse-KL fit left it curved: in the tails, where NUTS on the
+    warped space diverges. :func:`~numpyro_coupling.neutra_nuts` refits a guide so
+    before it runs NUTS a second time.
+
+    Args:
+        guide: a fitted guide whose ``get_transform(params)`` is a
+            :class:`~numpyro_coupling.Bijection` (an
+            :class:`~numpyro_coupling.AutoCouplingFlow`).
+        params: its parameters.
+        key: PRNG key (default ``jax.random.key(0)``).
+        n: draws (model gradients spent).
+        widen: the widened base's scale.
+        **options: :func:`refine_guide` options (``steps``, ``learning_rate``,
+            ``batch_size``).
+
+    Returns:
+        ``(params, losses, n_grads)``: the refitted parameters, the score-matching loss
+        curve and the model gradients spent.
+
+    Example:
+        >>> import numpyro, numpyro.distributions as dist
+        >>> from numpyro_coupling import fit_guide
+        >>> def model():  # a scale set by the other coordinate: curved
+        ...     v = numpyro.sample("v", dist.Normal(0.0, 1.5))
+        ...     numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)))
+        >>> options = {"n_layers": 2, "nn_width": 8, "precondition": None}
+        >>> guide, params, _ = fit_guide(model, guide=options, steps=100, progress_bar=False)
+        >>> new, losses, n_grads = refit_tails(guide, params, n=200, steps=300)
+        >>> n_grads, bool(losses[-20:].mean() < losses[:20].mean())
+        (200, True)
+    """
+    draw_key, fit_key = jr.split(as_key(key))
+    draws = tail_draws(guide.get_transform(params), draw_key, n, widen)
+    scores = guide_scores(guide, draws)
+    new, losses = refine_guide(guide, params, draws, scores, key=fit_key, **options)
+    return new, losses, int(draws.shape[0])

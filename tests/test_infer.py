@@ -560,7 +560,7 @@ def test_neutra_retries_with_a_smaller_step_when_its_chains_diverge():
     )
 
     def run(**kw):
-        _, idata = neutra_nuts(
+        return neutra_nuts(
             funnel,
             guide,
             params,
@@ -572,22 +572,27 @@ def test_neutra_retries_with_a_smaller_step_when_its_chains_diverge():
             key=jr.key(1),
             **kw,
         )
-        return idata
 
-    once = run(retry=None)
+    _, once = run(retry=None)
     diverged = int(once.sample_stats["diverging"].values.sum())
     assert diverged > 0 and "retry_divergences" not in once.attrs
-    retried = run()
-    # The same first run, then a second one: the one that diverged less is kept, and
-    # every gradient of the other counts.
+    mcmc, retried = run()
+    # The same first run, then a second one on the guide refitted in its tails: the one
+    # that diverged less is kept, and every gradient of the other and of the refit counts.
     kept = retried.attrs["retry_kept"]
     again = retried.attrs["retry_divergences"]
     assert kept == ("second" if again <= diverged else "first")
     assert int(retried.sample_stats["diverging"].values.sum()) == min(again, diverged)
+    refit = retried.attrs["retry_refit_grads"]
+    assert refit == 2000
+    assert retried.attrs["retry_refit_loss_last"] < retried.attrs["retry_refit_loss_first"]
     first = once.attrs["warmup_grads"] + int(once.sample_stats["n_steps"].values.sum())
-    assert retried.attrs["warmup_grads"] > first
+    assert retried.attrs["warmup_grads"] > first + refit
+    # The chain comes with the parameters it ran on.
+    moved = any(not np.array_equal(mcmc.guide_params[k], params[k]) for k in params)
+    assert moved == (kept == "second")
     # No second run where the first one asked for as small a step already.
-    strict = run(nuts_kwargs={"target_accept_prob": 0.9})
+    _, strict = run(nuts_kwargs={"target_accept_prob": 0.9})
     assert "retry_divergences" not in strict.attrs
 
 

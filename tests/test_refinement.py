@@ -6,7 +6,13 @@ import pytest
 from numpyro_coupling import Invert, fit_guide, neutra_mcmc, targets
 from numpyro_coupling.diagnostics import guide_diagnostics
 from numpyro_coupling.linear import DenseAffine
-from numpyro_coupling.refinement import guide_scores, refine_guide, score_matching_loss
+from numpyro_coupling.refinement import (
+    guide_scores,
+    refine_guide,
+    refit_tails,
+    score_matching_loss,
+    tail_draws,
+)
 
 
 def _funnel_latents(n, seed):
@@ -65,6 +71,33 @@ def test_refine_guide_rejects_bad_draws(short_fit):
         refine_guide(guide, params, jnp.zeros((4, 3)), jnp.zeros((4, 2)))
     with pytest.raises(ValueError, match="steps"):
         refine_guide(guide, params, jnp.zeros((4, 3)), steps=0)
+
+
+def test_tail_draws_widen_half_of_the_base():
+    identity = Invert(DenseAffine(jnp.zeros(2), jnp.eye(2)))
+    x = np.asarray(tail_draws(identity, jr.key(0), 8000, widen=1.5))
+    np.testing.assert_allclose(x[:4000].std(0), 1.0, rtol=0.05)
+    np.testing.assert_allclose(x[4000:].std(0), 1.5, rtol=0.05)
+    with pytest.raises(ValueError, match="n must be"):
+        tail_draws(identity, jr.key(0), 1)
+    with pytest.raises(ValueError, match="widen"):
+        tail_draws(identity, jr.key(0), 4, widen=0.5)
+
+
+def test_refit_tails_straightens_the_warped_posterior_where_the_fit_left_it(short_fit):
+    guide, params, _ = short_fit
+    refitted, losses, n_grads = refit_tails(
+        guide, params, jr.key(1), n=400, steps=200, learning_rate=3e-3
+    )
+    assert n_grads == 400 and set(refitted) == set(params) and losses.shape == (200,)
+    # Held out: other tail draws of the fitted guide, with their scores.
+    held_out = tail_draws(guide.get_transform(params), jr.key(2), 1000)
+    scores = guide_scores(guide, held_out)
+
+    def loss(p):
+        return float(score_matching_loss(guide.get_transform(p), held_out, scores))
+
+    assert loss(refitted) < 0.5 * loss(params)
 
 
 def test_neutra_refines_in_warm_up_and_counts_its_gradients():
