@@ -223,6 +223,9 @@ def fit_guide(
         the ``(steps,)`` loss curve (negative ELBO; in the ``temper`` phases, of the
         tempered target); with ``return_state``, a :class:`GuideFitState` follows.
 
+    Raises:
+        FloatingPointError: no step had a finite loss (the guide was never updated).
+
     Example:
         >>> import numpyro, numpyro.distributions as dist
         >>> def model():
@@ -365,6 +368,17 @@ def fit_guide(
             losses.append(cool_losses)
     finally:
         bar.close()
+    if not any(np.isfinite(part).any() for part in losses):
+        # Every step was skipped: the guide is where it started, and NUTS on its geometry
+        # would fail later with an error that names neither the guide nor the fit.
+        n_steps = sum(len(part) for part in losses)
+        raise FloatingPointError(
+            f"every one of the {n_steps} SVI steps had a non-finite loss, so the guide was "
+            "never updated: its draws fall where the model's log density is not finite. "
+            "Check the model at the guide's start, or start the guide elsewhere "
+            "(guide={'precondition': None}, 'init_scale', 'init_loc_fn'); for a hierarchical "
+            "model, try the non-centred parameterisation (neutra_mcmc(..., reparam=True))."
+        )
     last = svi.get_params(carry.state)
     params = svi.constrain_fn(carry.average) if average else last
     if return_state:

@@ -596,6 +596,21 @@ def test_neutra_retries_with_a_smaller_step_when_its_chains_diverge():
     assert "retry_divergences" not in strict.attrs
 
 
+def test_fit_guide_raises_when_no_step_had_a_finite_loss():
+    def model():  # finite near its initial point only: some of 64 guide draws fall outside
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.factor("broken", jnp.where(jnp.abs(x).sum() > 2.0, jnp.nan, 0.0))
+
+    with pytest.raises(FloatingPointError, match="every one of the 20 SVI steps"):
+        fit_guide(
+            model,
+            guide={"n_layers": 1, "nn_width": 4, "precondition": None},
+            steps=20,
+            num_particles=64,
+            progress_bar=False,
+        )
+
+
 def test_demo_quick(tmp_path):
     from numpyro_coupling.demo import add_budget_arguments, budgets, main
 
