@@ -63,11 +63,13 @@ NEUTRA_PARTICLES = 4
 
 
 #: NUTS's target acceptance for a second run, on a guide refitted in its tails, when the
-#: first run's chains diverged. On the banana, latent GP and horseshoe posteriors (keys 0-2,
-#: the less divergent run kept) it took the divergences from 44, 24 and 22 to 0, 0 and 1
-#: (11, 1 and 8 without the refit), for about twice the gradients; posteriors that do not
-#: diverge never pay for it (benchmarks/results/posteriors.md).
+#: first run diverged. On the banana, latent GP and horseshoe (keys 0-2) it took the
+#: divergences from 44, 24 and 22 to 0, 0 and 1 (11, 1 and 8 without the refit), for about
+#: twice the gradients (benchmarks/results/posteriors.md).
 DIVERGENCE_RETRY = 0.9
+
+# The per-transition statistics every run keeps (its ``sample_stats``).
+_EXTRA_FIELDS = ("num_steps", "diverging", "accept_prob", "potential_energy")
 
 
 def _warm_up(mcmc, key, args, model_kwargs) -> int:
@@ -109,7 +111,7 @@ def _run_nuts(
         **mcmc_kwargs,
     )
     start = time.perf_counter()
-    extra_fields = _extra_fields() + (GLOBAL_MOVE_FIELDS if moves else ())
+    extra_fields = _EXTRA_FIELDS + (GLOBAL_MOVE_FIELDS if moves else ())
     mcmc.run(key, *args, extra_fields=extra_fields, **model_kwargs)
     jax.block_until_ready(mcmc.get_samples())
     sampled = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
@@ -173,10 +175,6 @@ def _refined(
 def _chain_method(num_chains):
     # Vectorised chains share one device's compiled step; parallel ones need a device each.
     return "parallel" if jax.local_device_count() >= num_chains > 1 else "vectorized"
-
-
-def _extra_fields():
-    return ("num_steps", "diverging", "accept_prob", "potential_energy")
 
 
 def _sample_stats(mcmc) -> dict:
@@ -332,7 +330,7 @@ def neutra_nuts(
     target = (nuts_kwargs or {}).get("target_accept_prob", 0.8)
     if diverged and retry is not None and retry > target:
         # Divergences come from where the warped space still curves: mostly the tails,
-        # which the reverse-KL fit rarely saw. Refit them first, where the guide can be.
+        # which the reverse-KL fit rarely saw. Refit them first (where the map inverts).
         retry_params, retry_attrs = params, {"retry_refit_grads": 0}
         if isinstance(guide.get_transform(params), Bijection):
             retry_params, refit_losses, refit_grads = refit_tails(
@@ -344,9 +342,8 @@ def neutra_nuts(
                 "retry_refit_loss_last": float(np.mean(refit_losses[-50:])),
             }
         retry_neutra = NeuTraReparam(guide, retry_params)
-        second = run(
-            jr.fold_in(key, 1), dict(nuts_kwargs or {}, target_accept_prob=retry), retry_neutra
-        )
+        slower = dict(nuts_kwargs or {}, target_accept_prob=retry)
+        second = run(jr.fold_in(key, 1), slower, retry_neutra)
         diverged_again, grads_again = spent(*second)
         # Both runs are valid chains; the one that diverged less is kept, and every
         # gradient of the other (and of the refit) counts as warm-up.
