@@ -244,8 +244,8 @@ def refit_tails(guide, params, key=None, *, n: int = 2000, widen: float = TAIL_W
     The draws are the guide's own, half from a widened base; their scores cost one model
     gradient each. Score matching (:func:`refine_guide`) then straightens the warped
     posterior where the reverse-KL fit left it curved: in the tails, where NUTS on the
-    warped space diverges. :func:`~numpyro_coupling.neutra_nuts` refits a guide so
-    before it runs NUTS a second time.
+    warped space diverges. :func:`~numpyro_coupling.neutra_nuts` does so when its chains
+    diverged, before it runs NUTS a second time.
 
     Args:
         guide: a fitted guide whose ``get_transform(params)`` is a
