@@ -166,10 +166,15 @@ def _refined(
     attrs = {
         "refine_grads": pilot_grads + int(draws.shape[0]),
         "refine_seconds": time.perf_counter() - start,
-        "refine_loss_first": float(np.mean(losses[: max(len(losses) // 10, 1)])),
-        "refine_loss_last": float(np.mean(losses[-max(len(losses) // 10, 1) :])),
-    }
+    } | _loss_ends(losses, "refine")
     return params, attrs
+
+
+def _loss_ends(losses, name) -> dict:
+    """Mean loss over the first and the last tenth of a refit: ``{name}_loss_first/last``."""
+    n = max(len(losses) // 10, 1)
+    first, last = float(np.mean(losses[:n])), float(np.mean(losses[-n:]))
+    return {f"{name}_loss_first": first, f"{name}_loss_last": last}
 
 
 def _chain_method(num_chains):
@@ -333,14 +338,8 @@ def neutra_nuts(
         # which the reverse-KL fit rarely saw. Refit them first (where the map inverts).
         retry_params, retry_attrs = params, {"retry_refit_grads": 0}
         if isinstance(guide.get_transform(params), Bijection):
-            retry_params, refit_losses, refit_grads = refit_tails(
-                guide, params, jr.fold_in(refine_key, 2)
-            )
-            retry_attrs = {
-                "retry_refit_grads": refit_grads,
-                "retry_refit_loss_first": float(np.mean(refit_losses[:50])),
-                "retry_refit_loss_last": float(np.mean(refit_losses[-50:])),
-            }
+            retry_params, curve, n_refit = refit_tails(guide, params, jr.fold_in(refine_key, 2))
+            retry_attrs = {"retry_refit_grads": n_refit} | _loss_ends(curve, "retry_refit")
         retry_neutra = NeuTraReparam(guide, retry_params)
         slower = dict(nuts_kwargs or {}, target_accept_prob=retry)
         second = run(jr.fold_in(key, 1), slower, retry_neutra)
