@@ -13,6 +13,8 @@ import optax
 from numpyro import handlers
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoContinuous
+from numpyro.infer.util import compute_log_probs
+from numpyro.util import check_model_guide_match
 
 from .checks import as_key
 from .guide import AutoCouplingFlow
@@ -102,13 +104,16 @@ def guide_optimizer(
 
 
 class SiteOrderedTraceELBO(Trace_ELBO):
-    """``Trace_ELBO`` whose per-site terms are summed in the order of the sites' names.
+    """``Trace_ELBO`` whose per-site terms are formed and summed in the order of the sites' names.
 
-    NumPyro's ``Trace_ELBO`` sums ``log p - log q`` over a Python ``set`` of site names,
-    whose order changes with the interpreter's string hashing (``PYTHONHASHSEED``): the
-    same fit from the same key differs in its last bits from process to process, and
-    the difference grows along an SVI run. Summing in name order makes a fit repeat
-    exactly. The value and its expectation are those of ``Trace_ELBO``.
+    NumPyro's ``Trace_ELBO`` forms ``log p - log q`` site by site over a Python ``set`` of
+    site names, whose order changes with the interpreter's string hashing
+    (``PYTHONHASHSEED``): summed in that order, the same fit from the same key differs in
+    its last bits from process to process, and the difference grows along an SVI run; and
+    even the terms' order changes the compiled program, so that a program kept by
+    :func:`~numpyro_coupling.enable_compilation_cache` would not be found again by the next
+    process. In name order a fit repeats exactly and compiles to the same program. The
+    value and its expectation are those of ``Trace_ELBO``.
 
     Args:
         num_particles: particles per estimate (their per-site terms are averaged
@@ -133,10 +138,32 @@ class SiteOrderedTraceELBO(Trace_ELBO):
         )
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        out = super().loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
-        by_site = out["loss"]
-        out["loss"] = sum((by_site[name] for name in sorted(by_site)), start=jnp.array(0.0))
-        return out
+        def site_terms(key):
+            # The keys, traces and terms of NumPyro's Trace_ELBO, with the terms in name order.
+            model_key, guide_key = jr.split(key)
+            guide_terms, guide_trace = compute_log_probs(
+                handlers.seed(guide, guide_key), args, kwargs, param_map
+            )
+            if any(site["type"] == "mutable" for site in guide_trace.values()):
+                raise NotImplementedError(
+                    "SiteOrderedTraceELBO does not keep numpyro.mutable state; use Trace_ELBO"
+                )
+            replayed = handlers.replay(handlers.seed(model, model_key), guide_trace)
+            model_terms, model_trace = compute_log_probs(replayed, args, kwargs, param_map)
+            check_model_guide_match(model_trace, guide_trace)
+            zero = jnp.array(0.0)
+            names = sorted(set(model_terms) | set(guide_terms))
+            return {n: model_terms.get(n, zero) - guide_terms.get(n, zero) for n in names}, None
+
+        if self.num_particles == 1:
+            terms = jax.tree.map(jnp.negative, site_terms(rng_key)[0])
+        else:
+            keys = jr.split(rng_key, self.num_particles)
+            terms = jax.tree.map(
+                lambda x: -jnp.mean(x), self.vectorize_particles_fn(site_terms, keys)[0]
+            )
+        loss = sum((terms[name] for name in sorted(terms)), start=jnp.array(0.0))
+        return {"loss": loss, "mutable_state": None}
 
 
 class GuideFitState(NamedTuple):

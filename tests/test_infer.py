@@ -448,18 +448,24 @@ def test_flow_params_pack_small_leaves_into_one_vector():
 
 
 _REPEAT_FIT = """
-import jax.random as jr
-from numpyro_coupling import AutoCouplingFlow, fit_guide
+import hashlib, jax, jax.random as jr
+from numpyro_coupling import AutoCouplingFlow, SiteOrderedTraceELBO, fit_guide
 from numpyro_coupling.targets import eight_schools
 guide = AutoCouplingFlow(eight_schools, n_layers=2, nn_width=4)
-losses = fit_guide(eight_schools, guide=guide, steps=20, key=jr.key(1), progress_bar=False)[2]
+_, params, losses = fit_guide(
+    eight_schools, guide=guide, steps=20, key=jr.key(1), progress_bar=False
+)
 print([float(x).hex() for x in losses])
+elbo = SiteOrderedTraceELBO(num_particles=2)
+program = jax.jit(lambda p: elbo.loss(jr.key(0), p, eight_schools, guide)).lower(params).as_text()
+print(hashlib.sha256(program.encode()).hexdigest())
 """
 
 
 def test_fit_guide_repeats_across_processes():
-    # NumPyro's Trace_ELBO sums its per-site terms in set order, which follows the
-    # interpreter's string hashing: with it the two processes' losses differ.
+    # NumPyro's Trace_ELBO forms and sums its per-site terms in set order, which follows
+    # the interpreter's string hashing: with it the two processes' losses differ, and so
+    # do their programs (which the persistent compilation cache then cannot share).
     def losses(hash_seed):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed)
         run = [sys.executable, "-c", _REPEAT_FIT]
@@ -614,7 +620,8 @@ def test_fit_guide_raises_when_no_step_had_a_finite_loss():
 def test_demo_quick(tmp_path):
     from numpyro_coupling.demo import add_budget_arguments, budgets, main
 
-    assert main(["--quick", "--target-accept", "0.9", "--out", str(tmp_path)]) is None
+    argv = ["--quick", "--target-accept", "0.9", "--out", str(tmp_path), "--no-cache"]
+    assert main(argv) is None
     parser = argparse.ArgumentParser()
     add_budget_arguments(parser, svi_steps=10, num_warmup=10, num_samples=10)
     assert budgets(parser.parse_args(["--target-accept", "0.9"]))["nuts_kwargs"] == {
