@@ -27,6 +27,7 @@ from numpyro_coupling.demo import (
     compare_samplers,
     format_table,
     plot_comparison,
+    use_compilation_cache,
 )
 from numpyro_coupling.targets import dual_moon, dual_moon_log_density
 
@@ -53,6 +54,7 @@ def main(argv=None):
         temper=(0.1, 0.3, 0.6),
     )
     args = parser.parse_args(argv)
+    use_compilation_cache(args)
     kw = budgets(args)
     result = compare_samplers(dual_moon, **kw)
     # The same guide, with independence moves proposed from it between NUTS steps.

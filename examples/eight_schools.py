@@ -21,6 +21,7 @@ from numpyro_coupling.demo import (
     compare_samplers,
     format_table,
     plot_comparison,
+    use_compilation_cache,
 )
 from numpyro_coupling.pair_plot import plot_pairs
 from numpyro_coupling.targets import eight_schools
@@ -32,6 +33,7 @@ def main(argv=None):
         parser, svi_steps=10_000, num_warmup=1000, num_samples=1000, target_accept=0.95
     )
     args = parser.parse_args(argv)
+    use_compilation_cache(args)
     result = compare_samplers(eight_schools, **budgets(args))
     print("\nCentred eight schools; SVI loss = KL(q || p) - log p(y)\n")
     print(format_table(result["rows"]))

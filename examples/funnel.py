@@ -21,6 +21,7 @@ from numpyro_coupling.demo import (
     compare_samplers,
     format_table,
     plot_comparison,
+    use_compilation_cache,
 )
 from numpyro_coupling.pair_plot import plot_pairs
 from numpyro_coupling.targets import funnel, funnel_draws
@@ -31,6 +32,7 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=10, help="funnel dimension (default 10)")
     add_budget_arguments(parser, svi_steps=10_000, num_warmup=1000, num_samples=1000)
     args = parser.parse_args(argv)
+    use_compilation_cache(args)
     kw = budgets(args)
     result = compare_samplers(funnel, dim=args.dim, **kw)
     ref = funnel_draws(3000, args.dim)

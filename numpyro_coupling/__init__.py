@@ -7,6 +7,11 @@ coupling_flow, fit, AutoCouplingFlow, fit_guide, neutra_mcmc``.
 from ._version import __version__
 from .bijection import Bijection, Chain, Conditioned, Invert
 from .checks import as_key, as_shape
+from .compilation_cache import (
+    default_cache_dir,
+    disable_compilation_cache,
+    enable_compilation_cache,
+)
 from .conditioners import MLP, GuideConditioner
 from .coupling import (
     COUPLINGS,
@@ -149,6 +154,9 @@ __all__ = [
     "choose_parameterisation",
     "coupling_flow",
     "coupling_layers",
+    "default_cache_dir",
+    "disable_compilation_cache",
+    "enable_compilation_cache",
     "entropy",
     "fit",
     "fit_guide",

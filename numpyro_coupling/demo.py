@@ -19,6 +19,7 @@ import jax.random as jr
 import numpy as np
 
 from .checks import as_key
+from .compilation_cache import enable_compilation_cache
 from .guide import AutoCouplingFlow
 from .neutra import NUM_CHAINS, neutra_mcmc, nuts_mcmc, sampling_efficiency
 from .targets import funnel, funnel_draws
@@ -32,6 +33,7 @@ __all__ = [
     "format_table",
     "main",
     "plot_comparison",
+    "use_compilation_cache",
 ]
 
 
@@ -314,6 +316,12 @@ def add_budget_arguments(
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not keep compiled programs on disk for the next run "
+        "(default: kept in $NUMPYRO_COUPLING_CACHE_DIR or ~/.cache/numpyro_coupling/xla)",
+    )
     parser.set_defaults(_budget=(svi_steps, num_warmup, num_samples), _temper=list(temper or ()))
 
 
@@ -343,6 +351,12 @@ def budgets(args) -> dict:
     }
 
 
+def use_compilation_cache(args) -> Path | None:
+    """Keep compiled programs on disk (:func:`~numpyro_coupling.enable_compilation_cache`)
+    unless the run was given ``--no-cache``; returns the cache directory, if any."""
+    return None if args.no_cache else enable_compilation_cache()
+
+
 def _funnel_xv(dim):
     draws = funnel_draws(3000, dim)
     return np.stack([draws["x"][:, 0], draws["v"]], -1)
@@ -357,6 +371,7 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=10, help="funnel dimension (default 10)")
     add_budget_arguments(parser, svi_steps=4000, num_warmup=500, num_samples=500)
     args = parser.parse_args(argv)
+    cache = use_compilation_cache(args)
     kw = budgets(args)
     result = compare_samplers(funnel, dim=args.dim, **kw)
     n = kw["fit_kwargs"]["num_particles"]
@@ -379,6 +394,8 @@ def main(argv=None):
     path = out / "neutra_funnel.png"
     fig.savefig(path, dpi=120)
     print(f"\nwrote {path}")
+    if cache is not None:
+        print(f"compiled programs kept in {cache} for the next run (--no-cache: not kept)")
     # None: the console-script wrapper passes the return value to sys.exit.
 
 
