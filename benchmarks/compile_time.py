@@ -13,7 +13,9 @@ call to the first progress-bar update, i.e. compilation plus the first chunk of 
   included.
 
 ``--code DIR`` times the package found in ``DIR`` (default: this checkout); ``--before DIR``
-adds a column for another checkout of the package (e.g. an older version).
+adds a column for another checkout of the package (e.g. an older version). ``--warm-cache``
+times a rerun instead: each case first runs once to fill a fresh compilation cache
+(``enable_compilation_cache``), then the timed processes load their programs from it.
 
 Writes ``<out>/compile_time.md``.
 
@@ -21,6 +23,7 @@ Usage:
     python benchmarks/compile_time.py
     python benchmarks/compile_time.py --before /path/to/older/checkout
     python benchmarks/compile_time.py --quick
+    python benchmarks/compile_time.py --warm-cache --cases fit_guide:loc_scale
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,7 +82,7 @@ def probe_bars(modules, stop: bool, record: dict):
         module.training_bar = lambda *a, _orig=original, **k: Probe(_orig(*a, **k))
 
 
-def measure(entry: str, transformer: str, quick: bool) -> dict:
+def measure(entry: str, transformer: str, quick: bool, cache: str | None = None) -> dict:
     """One measurement, in this process: seconds to the first update (or to the end)."""
     import equinox as eqx
     import jax
@@ -90,6 +94,10 @@ def measure(entry: str, transformer: str, quick: bool) -> dict:
     from numpyro_coupling import train as train_module
     from numpyro_coupling.targets import funnel
 
+    if cache:
+        from numpyro_coupling import enable_compilation_cache
+
+        enable_compilation_cache(cache)
     record: dict = {}
     probe_bars([svi_module, train_module], stop=entry in ("fit", "fit_guide"), record=record)
     rng = np.random.default_rng(0)
@@ -132,9 +140,10 @@ def measure(entry: str, transformer: str, quick: bool) -> dict:
     return out
 
 
-def run_case(code: str, entry: str, transformer: str, quick: bool) -> dict:
+def run_case(code: str, entry: str, transformer: str, quick: bool, cache=None) -> dict:
     env = dict(os.environ, PYTHONPATH=code)
     cmd = [sys.executable, __file__, "--one", f"{entry}:{transformer}"] + (["--quick"] * quick)
+    cmd += ["--cache-dir", cache] if cache else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
@@ -162,12 +171,14 @@ def main(argv=None):
     parser.add_argument("--cases", default=None, help="e.g. fit_guide:mixture,sample:affine")
     parser.add_argument("--seeds", default="0", help="repeats (the runs are deterministic)")
     parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test)")
+    parser.add_argument("--warm-cache", action="store_true", help="time a rerun (see above)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.one:
         entry, transformer = args.one.split(":")
-        print(json.dumps(measure(entry, transformer, args.quick)), flush=True)
+        print(json.dumps(measure(entry, transformer, args.quick, args.cache_dir)), flush=True)
         return
     cases = CASES
     if args.cases:
@@ -178,7 +189,13 @@ def main(argv=None):
     for entry, transformer in cases:
         row = {"entry": entry, "transformer": transformer}
         for label, code in reversed(codes.items()):
-            results = [run_case(code, entry, transformer, args.quick) for _ in range(repeats)]
+            with tempfile.TemporaryDirectory() as cache:
+                cache = cache if args.warm_cache else None
+                if cache:  # the run that fills the cache
+                    run_case(code, entry, transformer, args.quick, cache)
+                results = [
+                    run_case(code, entry, transformer, args.quick, cache) for _ in range(repeats)
+                ]
             best = min(results, key=lambda r: r.get("end", r.get("first", float("nan"))))
             row[label] = describe(best, entry)
         rows.append(row)
@@ -193,11 +210,13 @@ def main(argv=None):
     table = format_table(rows, [(c, c, "{}") for c in rows[0]])
 
     command = "python benchmarks/compile_time.py" + (" --quick" if args.quick else "")
+    command += " --warm-cache" if args.warm_cache else ""
     if args.before:
         command += " --before BEFORE"
     header = (
         f"# Compile time\n\n`{command}`: wall seconds (CPU seconds of the process in "
-        f"brackets; the best of {repeats} fresh process(es)). "
+        f"brackets; the best of {repeats} fresh process(es)"
+        f"{', each with the cache a first run filled' if args.warm_cache else ''}). "
         "fit, fit_guide: call to first progress update (compilation and the first chunk); "
         "neutra_mcmc: first progress update / end of the short run; sample: 10^6 draws, "
         f"compilation included. Machine: {platform.machine()}, {os.cpu_count()} CPU(s), "
