@@ -144,23 +144,24 @@ class SiteOrderedTraceELBO(Trace_ELBO):
             guide_terms, guide_trace = compute_log_probs(
                 handlers.seed(guide, guide_key), args, kwargs, param_map
             )
-            if any(site["type"] == "mutable" for site in guide_trace.values()):
-                raise NotImplementedError(
-                    "SiteOrderedTraceELBO does not keep numpyro.mutable state; use Trace_ELBO"
-                )
             replayed = handlers.replay(handlers.seed(model, model_key), guide_trace)
             model_terms, model_trace = compute_log_probs(replayed, args, kwargs, param_map)
             check_model_guide_match(model_trace, guide_trace)
+            if any(s["type"] == "mutable" for s in (*guide_trace.values(), *model_trace.values())):
+                raise NotImplementedError(
+                    "SiteOrderedTraceELBO does not keep mutable state "
+                    "(numpyro.primitives.mutable); use Trace_ELBO"
+                )
             zero = jnp.array(0.0)
             names = sorted(set(model_terms) | set(guide_terms))
-            return {n: model_terms.get(n, zero) - guide_terms.get(n, zero) for n in names}, None
+            return {n: model_terms.get(n, zero) - guide_terms.get(n, zero) for n in names}
 
         if self.num_particles == 1:
-            terms = jax.tree.map(jnp.negative, site_terms(rng_key)[0])
+            terms = jax.tree.map(jnp.negative, site_terms(rng_key))
         else:
             keys = jr.split(rng_key, self.num_particles)
             terms = jax.tree.map(
-                lambda x: -jnp.mean(x), self.vectorize_particles_fn(site_terms, keys)[0]
+                lambda x: -jnp.mean(x), self.vectorize_particles_fn(site_terms, keys)
             )
         loss = sum((terms[name] for name in sorted(terms)), start=jnp.array(0.0))
         return {"loss": loss, "mutable_state": None}

@@ -474,6 +474,32 @@ def test_fit_guide_repeats_across_processes():
     assert losses("1") == losses("2")
 
 
+def test_site_ordered_elbo_matches_trace_elbo_and_refuses_mutable_state():
+    from numpyro_coupling import SiteOrderedTraceELBO
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 3.0))
+        scale = numpyro.sample("scale", dist.HalfNormal(2.0))
+        numpyro.sample("y", dist.Normal(mu, scale), obs=y)
+
+    def guide(y):
+        numpyro.sample("mu", dist.Normal(numpyro.param("m", 0.3), 1.0))
+        numpyro.sample("scale", dist.LogNormal(numpyro.param("s", -0.2), 0.5))
+
+    y = jnp.array([0.5, -0.1, 1.2])
+    for particles in (1, 3):
+        ours = SiteOrderedTraceELBO(num_particles=particles).loss(jr.key(2), {}, model, guide, y)
+        theirs = Trace_ELBO(num_particles=particles).loss(jr.key(2), {}, model, guide, y)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+    def stateful(y):
+        numpyro.primitives.mutable("count", jnp.zeros(()))
+        guide(y)
+
+    with pytest.raises(NotImplementedError, match="mutable"):
+        SiteOrderedTraceELBO().loss(jr.key(2), {}, model, stateful, y)
+
+
 def test_get_posterior_is_differentiable_whatever_stl():
     x = jnp.array([0.3, -1.2])
     guide = AutoCouplingFlow(gaussian_2d, n_layers=2, nn_width=4, stl=True)
