@@ -12,6 +12,7 @@ are shared by the scripts in ``examples/``.
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -353,8 +354,18 @@ def budgets(args) -> dict:
 
 def use_compilation_cache(args) -> Path | None:
     """Keep compiled programs on disk (:func:`~numpyro_coupling.enable_compilation_cache`)
-    unless the run was given ``--no-cache``; returns the cache directory, if any."""
-    return None if args.no_cache else enable_compilation_cache()
+    unless the run was given ``--no-cache``; returns the cache directory, if any.
+
+    A directory that cannot be made (a read-only home, say) leaves the run uncached, with
+    a warning: the cache only saves time.
+    """
+    if args.no_cache:
+        return None
+    try:
+        return enable_compilation_cache()
+    except OSError as error:
+        warnings.warn(f"compiled programs are not kept for the next run: {error}", stacklevel=2)
+        return None
 
 
 def _funnel_xv(dim):

@@ -63,3 +63,18 @@ def test_bad_arguments_are_named(tmp_path):
     file.write_text("")
     with pytest.raises(NotADirectoryError, match="path"):
         enable_compilation_cache(file)
+
+
+def test_the_demo_runs_uncached_where_the_cache_cannot_be_made(monkeypatch, tmp_path):
+    import argparse
+
+    from numpyro_coupling.demo import add_budget_arguments, use_compilation_cache
+
+    parser = argparse.ArgumentParser()
+    add_budget_arguments(parser, svi_steps=10, num_warmup=10, num_samples=10)
+    assert use_compilation_cache(parser.parse_args(["--no-cache"])) is None
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NUMPYRO_COUPLING_CACHE_DIR", str(blocker / "xla"))  # under a file
+    with pytest.warns(UserWarning, match="not kept"):
+        assert use_compilation_cache(parser.parse_args([])) is None
